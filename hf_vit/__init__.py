@@ -1,0 +1,43 @@
+"""hf_vit: the Vision Transformer of Dosovitskiy et al. (ICLR 2021), plain and hybrid, as Hugging Face models.
+
+Importing the package registers the configs and models with the transformers Auto classes and marks them to be
+saved with their code (`auto_map`), so saved folders load anywhere with `trust_remote_code=True`.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+from .configuration import VisionTransformerConfig
+from .modeling import (
+    VisionTransformerForImageClassification,
+    VisionTransformerModel,
+    VisionTransformerPreTrainedModel,
+)
+from .pos_embed import resize_pos_embed
+from .presets import create_config, create_model, list_presets
+from .processing import create_image_processor
+
+__version__ = "0.1.0"
+
+
+def _register(config_class, model_class, classification_class) -> None:
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModel.register(config_class, model_class, exist_ok=True)
+    AutoModelForImageClassification.register(config_class, classification_class, exist_ok=True)
+    config_class.register_for_auto_class()
+    model_class.register_for_auto_class("AutoModel")
+    classification_class.register_for_auto_class("AutoModelForImageClassification")
+
+
+_register(VisionTransformerConfig, VisionTransformerModel, VisionTransformerForImageClassification)
+
+__all__ = [
+    "VisionTransformerConfig",
+    "VisionTransformerForImageClassification",
+    "VisionTransformerModel",
+    "VisionTransformerPreTrainedModel",
+    "create_config",
+    "create_image_processor",
+    "create_model",
+    "list_presets",
+    "resize_pos_embed",
+]

@@ -1,0 +1,133 @@
+"""Configurations of the Vision Transformer and the ResNet+ViT hybrid.
+
+This file travels to the Hub next to saved weights, so it imports nothing from hf_vit.
+"""
+
+from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
+
+CLASSIFIERS = ("token", "gap")
+POS_EMBED_INTERPOLATIONS = ("official", "bicubic")
+
+
+def to_pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """Return `value` as a (height, width) pair; configs accept one int for square sizes."""
+    if isinstance(value, int):
+        return value, value
+    height, width = value
+    return int(height), int(width)
+
+
+class VisionTransformerConfig(PretrainedConfig):
+    r"""Configuration of a plain ViT ("An Image is Worth 16x16 Words").
+
+    Defaults are ViT-B/16 with the official numerics: LayerNorm eps 1e-6, zero-initialised head.
+
+    Args:
+        hidden_size: width D of the token embeddings.
+        num_hidden_layers: number of encoder blocks.
+        num_attention_heads: heads per attention layer; must divide `hidden_size`.
+        intermediate_size: hidden width of the MLP.
+        hidden_act: MLP activation; `"gelu"` is exact, `"gelu_pytorch_tanh"` is the tanh approximation that the
+            official JAX checkpoints were trained with.
+        hidden_dropout_prob: dropout after the position embeddings, the attention output and in the MLP.
+        attention_probs_dropout_prob: dropout on the attention weights.
+        drop_path_rate: stochastic depth rate of the last block (linearly increasing from 0).
+        initializer_range: std of the position-embedding initialisation.
+        layer_norm_eps: LayerNorm epsilon.
+        image_size: training resolution, an int or (height, width).
+        patch_size: side of the square patches, an int or (height, width).
+        num_channels: input channels.
+        qkv_bias: whether the query/key/value projections have a bias.
+        classifier: `"token"` (prepend a class token and read it out) or `"gap"` (mean of all tokens).
+        representation_size: width of the pre-logits Dense+tanh layer, or None for no such layer.
+        pos_embed_interpolation: how position embeddings are resized for other resolutions: `"official"`
+            (bilinear with aligned corners, as `scipy.ndimage.zoom(order=1)` in the official code) or `"bicubic"`
+            (as timm and transformers).
+    """
+
+    model_type = "hf_vit"
+
+    def __init__(
+        self,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.0,
+        attention_probs_dropout_prob: float = 0.0,
+        drop_path_rate: float = 0.0,
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-6,
+        image_size: int | tuple[int, int] = 224,
+        patch_size: int | tuple[int, int] = 16,
+        num_channels: int = 3,
+        qkv_bias: bool = True,
+        classifier: str = "token",
+        representation_size: int | None = None,
+        pos_embed_interpolation: str = "official",
+        **kwargs,
+    ):
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.drop_path_rate = drop_path_rate
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.image_size = list(image_size) if not isinstance(image_size, int) else image_size
+        self.patch_size = list(patch_size) if not isinstance(patch_size, int) else patch_size
+        self.num_channels = num_channels
+        self.qkv_bias = qkv_bias
+        self.classifier = classifier
+        self.representation_size = representation_size
+        self.pos_embed_interpolation = pos_embed_interpolation
+        super().__init__(**kwargs)
+        self.check()
+
+    @property
+    def token_stride(self) -> tuple[int, int]:
+        """Pixels per token along (height, width); the hybrid multiplies in its ResNet stride."""
+        return to_pair(self.patch_size)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """The token grid at the configured `image_size`."""
+        (height, width), (step_h, step_w) = to_pair(self.image_size), self.token_stride
+        return height // step_h, width // step_w
+
+    def check(self) -> None:
+        """Raise a ValueError that names the field to change when the fields do not make a model."""
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads}): change one of them."
+            )
+        height, width = to_pair(self.image_size)
+        step_h, step_w = self.token_stride
+        if height % step_h or width % step_w:
+            raise ValueError(
+                f"image_size ({height}x{width}) must be divisible by the token stride ({step_h}x{step_w}, from "
+                "patch_size): change image_size or patch_size."
+            )
+        if self.classifier not in CLASSIFIERS:
+            raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {self.classifier!r}.")
+        if self.pos_embed_interpolation not in POS_EMBED_INTERPOLATIONS:
+            raise ValueError(
+                f"pos_embed_interpolation must be one of {POS_EMBED_INTERPOLATIONS}, "
+                f"got {self.pos_embed_interpolation!r}."
+            )
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(
+                f"hidden_act {self.hidden_act!r} is not a transformers activation; use 'gelu' (exact) or "
+                "'gelu_pytorch_tanh' (the official JAX models)."
+            )
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
+        if self.representation_size is not None and self.representation_size <= 0:
+            raise ValueError(f"representation_size must be positive or None, got {self.representation_size}.")

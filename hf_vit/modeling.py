@@ -1,0 +1,334 @@
+"""The Vision Transformer: patch embeddings, the pre-LN encoder and the task heads.
+
+One encoder serves plain ViT and the hybrid: they differ only in the module that turns pixels into tokens
+(`patch_embeddings_class`). This file travels to the Hub with saved weights, so it uses relative imports only.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration import VisionTransformerConfig, to_pair
+from .pos_embed import resize_pos_embed
+
+
+def check_pixel_values(pixel_values: torch.Tensor, config: VisionTransformerConfig, interpolate: bool) -> None:
+    """Fail early, naming the problem, instead of deep inside a convolution or an addition."""
+    if pixel_values.ndim != 4:
+        raise ValueError(f"pixel_values must be (batch, channels, height, width), got shape {tuple(pixel_values.shape)}.")
+    if pixel_values.shape[1] != config.num_channels:
+        raise ValueError(
+            f"pixel_values has {pixel_values.shape[1]} channels but the model expects {config.num_channels} channels."
+        )
+    height, width = pixel_values.shape[-2:]
+    step_h, step_w = config.token_stride
+    if not interpolate and (height, width) != to_pair(config.image_size):
+        expected = "x".join(map(str, to_pair(config.image_size)))
+        raise ValueError(
+            f"Input image size ({height}x{width}) doesn't match model image size ({expected}); "
+            "pass interpolate_pos_encoding=True to run at another resolution."
+        )
+    if height % step_h or width % step_w:
+        raise ValueError(f"Input image size ({height}x{width}) must be divisible by the token stride ({step_h}x{step_w}).")
+
+
+class PatchEmbeddings(nn.Module):
+    """Cuts the image into non-overlapping patches and projects each to `hidden_size` (a strided convolution)."""
+
+    def __init__(self, config: VisionTransformerConfig):
+        super().__init__()
+        patch = to_pair(config.patch_size)
+        self.projection = nn.Conv2d(config.num_channels, config.hidden_size, kernel_size=patch, stride=patch)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Return the token map (batch, hidden, grid_h, grid_w)."""
+        return self.projection(pixel_values)
+
+
+class VisionTransformerEmbeddings(nn.Module):
+    """Tokens from pixels, the class token (for `classifier="token"`) and learned 1-D position embeddings."""
+
+    def __init__(self, config: VisionTransformerConfig, patch_embeddings: nn.Module, use_mask_token: bool = False):
+        super().__init__()
+        self.config = config
+        self.patch_embeddings = patch_embeddings
+        self.num_prefix_tokens = 1 if config.classifier == "token" else 0
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if self.num_prefix_tokens else None
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if use_mask_token else None
+        grid_h, grid_w = config.grid_size
+        self.position_embeddings = nn.Parameter(
+            torch.zeros(1, self.num_prefix_tokens + grid_h * grid_w, config.hidden_size)
+        )
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        bool_masked_pos: torch.Tensor | None = None,
+        replacement: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Embed `pixel_values`; where `bool_masked_pos` is set, put `replacement` tokens in place (masked patches)."""
+        check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
+        tokens = self.patch_embeddings(pixel_values)
+        grid = tokens.shape[-2:]
+        tokens = tokens.flatten(2).transpose(1, 2)
+        if bool_masked_pos is not None:
+            tokens = torch.where(bool_masked_pos.unsqueeze(-1), replacement.to(tokens.dtype), tokens)
+        if self.cls_token is not None:
+            tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        pos_embed = resize_pos_embed(
+            self.position_embeddings,
+            self.config.grid_size,
+            tuple(grid),
+            self.num_prefix_tokens,
+            self.config.pos_embed_interpolation,
+        )
+        return self.dropout(tokens + pos_embed)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention written out, so that the weights can be returned; output is (batch, tokens, heads, dim)."""
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2), weights
+
+
+class VisionTransformerAttention(nn.Module):
+    """Multi-head self-attention with one fused query/key/value projection, dispatched to the configured kernel."""
+
+    def __init__(self, config: VisionTransformerConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, tokens, _ = hidden_states.shape
+        qkv = self.qkv(hidden_states).view(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        query, key, value = qkv.unbind(0)
+        attention: Callable = eager_attention_forward
+        if not kwargs.get("output_attentions", self.config.output_attentions):
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        output, weights = attention(
+            self,
+            query,
+            key,
+            value,
+            None,
+            scaling=self.scaling,
+            dropout=self.config.attention_probs_dropout_prob if self.training else 0.0,
+        )
+        output = self.proj(output.reshape(batch, tokens, -1))
+        return self.dropout(output), weights
+
+
+class VisionTransformerMLP(nn.Module):
+    """Dense → activation → dropout → Dense → dropout, as the official MlpBlock."""
+
+    def __init__(self, config: VisionTransformerConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.dropout(self.act(self.fc1(hidden_states)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a residual branch for whole samples, scaling the kept ones."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, branch: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return branch
+        keep = 1.0 - self.rate
+        mask = branch.new_empty((branch.shape[0],) + (1,) * (branch.ndim - 1)).bernoulli_(keep)
+        return branch * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+
+class VisionTransformerLayer(GradientCheckpointingLayer):
+    """One pre-LN block: x + Attention(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, config: VisionTransformerConfig, drop_path_rate: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = VisionTransformerAttention(config)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = VisionTransformerMLP(config)
+        self.drop_path = DropPath(drop_path_rate)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+        attended, _ = self.attention(self.norm1(hidden_states), **kwargs)
+        hidden_states = hidden_states + self.drop_path(attended)
+        return hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
+
+
+class VisionTransformerPreTrainedModel(PreTrainedModel):
+    """Weight initialisation as the official code, and the switches transformers reads off a model class."""
+
+    config_class = VisionTransformerConfig
+    config: VisionTransformerConfig
+    patch_embeddings_class: type[nn.Module] = PatchEmbeddings
+    base_model_prefix = "vit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["VisionTransformerEmbeddings", "VisionTransformerLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+    _can_record_outputs = {"hidden_states": VisionTransformerLayer, "attentions": VisionTransformerAttention}
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Xavier-uniform kernels, tiny MLP biases, LeCun-normal patch projection, zero head (vit_jax)."""
+        if isinstance(module, VisionTransformerEmbeddings):
+            init.normal_(module.position_embeddings, std=self.config.initializer_range)
+            for token in (module.cls_token, module.mask_token):
+                if token is not None:
+                    init.zeros_(token)
+        elif isinstance(module, PatchEmbeddings):
+            init.lecun_normal_(module.projection.weight)
+            init.zeros_(module.projection.bias)
+        elif isinstance(module, VisionTransformerAttention):
+            # q, k and v are separate (D, D) kernels in the official code: the same bound as xavier on each.
+            bound = (6.0 / (2 * self.config.hidden_size)) ** 0.5
+            init.uniform_(module.qkv.weight, -bound, bound)
+            init.xavier_uniform_(module.proj.weight)
+            for bias in (module.qkv.bias, module.proj.bias):
+                if bias is not None:
+                    init.zeros_(bias)
+        elif isinstance(module, VisionTransformerMLP):
+            for linear in (module.fc1, module.fc2):
+                init.xavier_uniform_(linear.weight)
+                init.normal_(linear.bias, std=1e-6)
+        elif isinstance(module, VisionTransformerModel) and module.pre_logits is not None:
+            init.lecun_normal_(module.pre_logits[0].weight)
+            init.zeros_(module.pre_logits[0].bias)
+        elif isinstance(module, VisionTransformerForImageClassification) and isinstance(module.classifier, nn.Linear):
+            init.zeros_(module.classifier.weight)
+            init.zeros_(module.classifier.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+
+class VisionTransformerModel(VisionTransformerPreTrainedModel):
+    """The bare encoder: `last_hidden_state` after the final norm, `pooler_output` the pooled (pre-logits) feature."""
+
+    def __init__(
+        self,
+        config: VisionTransformerConfig,
+        use_mask_token: bool = False,
+        patch_embeddings_class: type[nn.Module] | None = None,
+    ):
+        super().__init__(config)
+        patch_embeddings = (patch_embeddings_class or self.patch_embeddings_class)(config)
+        self.embeddings = VisionTransformerEmbeddings(config, patch_embeddings, use_mask_token)
+        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        self.layers = nn.ModuleList([VisionTransformerLayer(config, rate) for rate in rates])
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.pre_logits = None
+        if config.representation_size is not None:
+            self.pre_logits = nn.Sequential(nn.Linear(config.hidden_size, config.representation_size), nn.Tanh())
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embeddings
+
+    def pool(self, sequence_output: torch.Tensor) -> torch.Tensor:
+        """The image feature: the class token, or the mean of all tokens for `classifier="gap"`."""
+        if self.config.classifier == "token":
+            return sequence_output[:, 0]
+        return sequence_output.mean(dim=1)
+
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        bool_masked_pos: torch.Tensor | None = None,
+        replacement: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""Encode `pixel_values` (batch, channels, height, width).
+
+        `interpolate_pos_encoding=True` runs any resolution divisible by the token stride. `bool_masked_pos`
+        (batch, tokens) with `replacement` (batch, tokens, hidden) swaps patch tokens before the encoder.
+        """
+        dtype = self.embeddings.position_embeddings.dtype
+        hidden_states = self.embeddings(
+            pixel_values.to(dtype), interpolate_pos_encoding, bool_masked_pos=bool_masked_pos, replacement=replacement
+        )
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, **kwargs)
+        sequence_output = self.norm(hidden_states)
+        pooled = self.pool(sequence_output)
+        if self.pre_logits is not None:
+            pooled = self.pre_logits(pooled)
+        return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled)
+
+
+class VisionTransformerForImageClassification(VisionTransformerPreTrainedModel):
+    """ViT with a linear head on the pooled feature (zero-initialised, as the official code)."""
+
+    def __init__(self, config: VisionTransformerConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vit = VisionTransformerModel(config, patch_embeddings_class=self.patch_embeddings_class)
+        width = config.representation_size or config.hidden_size
+        self.classifier = nn.Linear(width, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        **kwargs,
+    ) -> ImageClassifierOutput:
+        r"""Classify `pixel_values`; `labels` (class indices, or multi-hot floats) give the loss."""
+        outputs = self.vit(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
+        logits = self.classifier(outputs.pooler_output)
+        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
