@@ -216,6 +216,15 @@ class VisionTransformerPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": VisionTransformerLayer, "attentions": VisionTransformerAttention}
 
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        """Initialise through `_init_weights` even as remote code.
+
+        transformers skips modules without parameters of their own in custom code, which would skip the head and the
+        attention/MLP initialisation below; `_init_weights` only uses `transformers.initialization`, which already
+        leaves loaded tensors alone.
+        """
+        super()._initialize_weights(module, is_custom_code=False)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """Xavier-uniform kernels, tiny MLP biases, LeCun-normal patch projection, zero head (vit_jax)."""
@@ -262,7 +271,8 @@ class VisionTransformerModel(VisionTransformerPreTrainedModel):
         super().__init__(config)
         patch_embeddings = (patch_embeddings_class or self.patch_embeddings_class)(config)
         self.embeddings = VisionTransformerEmbeddings(config, patch_embeddings, use_mask_token)
-        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        depth = config.num_hidden_layers
+        rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.layers = nn.ModuleList([VisionTransformerLayer(config, rate) for rate in rates])
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pre_logits = None
