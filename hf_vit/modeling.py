@@ -24,7 +24,9 @@ from .pos_embed import resize_pos_embed
 def check_pixel_values(pixel_values: torch.Tensor, config: VisionTransformerConfig, interpolate: bool) -> None:
     """Fail early, naming the problem, instead of deep inside a convolution or an addition."""
     if pixel_values.ndim != 4:
-        raise ValueError(f"pixel_values must be (batch, channels, height, width), got shape {tuple(pixel_values.shape)}.")
+        raise ValueError(
+            f"pixel_values must be (batch, channels, height, width), got shape {tuple(pixel_values.shape)}."
+        )
     if pixel_values.shape[1] != config.num_channels:
         raise ValueError(
             f"pixel_values has {pixel_values.shape[1]} channels but the model expects {config.num_channels} channels."
@@ -38,7 +40,9 @@ def check_pixel_values(pixel_values: torch.Tensor, config: VisionTransformerConf
             "pass interpolate_pos_encoding=True to run at another resolution."
         )
     if height % step_h or width % step_w:
-        raise ValueError(f"Input image size ({height}x{width}) must be divisible by the token stride ({step_h}x{step_w}).")
+        raise ValueError(
+            f"Input image size ({height}x{width}) must be divisible by the token stride ({step_h}x{step_w})."
+        )
 
 
 class PatchEmbeddings(nn.Module):

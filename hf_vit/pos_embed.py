@@ -25,10 +25,12 @@ def resize_pos_embed(
         raise ValueError(f"Unknown position-embedding interpolation {method!r}; use 'official' or 'bicubic'.")
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     dim = grid.shape[-1]
+    # Interpolate in at least float32: bf16 grids would lose the small differences between neighbours.
     grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
+    grid = grid.to(torch.promote_types(grid.dtype, torch.float32))
     if method == "official":
-        grid = F.interpolate(grid.float(), size=tuple(new_grid), mode="bilinear", align_corners=True)
+        grid = F.interpolate(grid, size=tuple(new_grid), mode="bilinear", align_corners=True)
     else:
-        grid = F.interpolate(grid.float(), size=tuple(new_grid), mode="bicubic", align_corners=False)
+        grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False)
     grid = grid.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim)
     return torch.cat([prefix, grid], dim=1)

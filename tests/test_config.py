@@ -50,7 +50,10 @@ def test_unknown_preset_lists_the_known_ones():
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"hidden_size": 100, "num_attention_heads": 3}, r"hidden_size \(100\) must be divisible by num_attention_heads"),
+        (
+            {"hidden_size": 100, "num_attention_heads": 3},
+            r"hidden_size \(100\) must be divisible by num_attention_heads",
+        ),
         ({"image_size": 30, "patch_size": 16}, r"image_size \(30x30\) must be divisible .*patch_size"),
         ({"classifier": "mean"}, r"classifier must be one of \('token', 'gap'\), got 'mean'"),
         ({"pos_embed_interpolation": "nearest"}, "pos_embed_interpolation must be one of"),

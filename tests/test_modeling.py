@@ -9,7 +9,9 @@ import hf_vit
 from hf_vit import VisionTransformerConfig, VisionTransformerForImageClassification, VisionTransformerModel
 
 
-def tiny_model(attn_implementation: str = "sdpa", seed: int = 0, **overrides) -> VisionTransformerForImageClassification:
+def tiny_model(
+    attn_implementation: str = "sdpa", seed: int = 0, **overrides
+) -> VisionTransformerForImageClassification:
     torch.manual_seed(seed)
     config = VisionTransformerConfig(**{**TINY, **overrides})
     model = VisionTransformerForImageClassification._from_config(config, attn_implementation=attn_implementation)
