@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 from .configuration import VisionTransformerConfig
 from .modeling import (
     VisionTransformerForImageClassification,
+    VisionTransformerForMaskedPatchPrediction,
     VisionTransformerModel,
     VisionTransformerPreTrainedModel,
 )
@@ -33,6 +34,7 @@ _register(VisionTransformerConfig, VisionTransformerModel, VisionTransformerForI
 __all__ = [
     "VisionTransformerConfig",
     "VisionTransformerForImageClassification",
+    "VisionTransformerForMaskedPatchPrediction",
     "VisionTransformerModel",
     "VisionTransformerPreTrainedModel",
     "create_config",

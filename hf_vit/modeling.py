@@ -12,7 +12,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput, MaskedLMOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
@@ -79,15 +79,24 @@ class VisionTransformerEmbeddings(nn.Module):
         pixel_values: torch.Tensor,
         interpolate_pos_encoding: bool = False,
         bool_masked_pos: torch.Tensor | None = None,
-        replacement: torch.Tensor | None = None,
+        source_patches: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Embed `pixel_values`; where `bool_masked_pos` is set, put `replacement` tokens in place (masked patches)."""
+        """Embed `pixel_values`, corrupting patch tokens for masked patch prediction.
+
+        `source_patches` (batch, tokens) picks, for each position, the patch of the same image whose embedding it gets
+        (the identity leaves tokens unchanged); then positions set in `bool_masked_pos` get the mask token. Both keep
+        every shape fixed, so the corruption compiles once under XLA.
+        """
         check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
         tokens = self.patch_embeddings(pixel_values)
         grid = tokens.shape[-2:]
         tokens = tokens.flatten(2).transpose(1, 2)
+        if source_patches is not None:
+            tokens = tokens.gather(1, source_patches.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
         if bool_masked_pos is not None:
-            tokens = torch.where(bool_masked_pos.unsqueeze(-1), replacement.to(tokens.dtype), tokens)
+            if self.mask_token is None:
+                raise ValueError("bool_masked_pos needs a model built with use_mask_token=True.")
+            tokens = torch.where(bool_masked_pos.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         pos_embed = resize_pos_embed(
@@ -258,6 +267,9 @@ class VisionTransformerPreTrainedModel(PreTrainedModel):
         elif isinstance(module, VisionTransformerForImageClassification) and isinstance(module.classifier, nn.Linear):
             init.zeros_(module.classifier.weight)
             init.zeros_(module.classifier.bias)
+        elif isinstance(module, VisionTransformerForMaskedPatchPrediction):
+            init.zeros_(module.head.weight)
+            init.zeros_(module.head.bias)
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
@@ -299,17 +311,17 @@ class VisionTransformerModel(VisionTransformerPreTrainedModel):
         pixel_values: torch.Tensor,
         interpolate_pos_encoding: bool = False,
         bool_masked_pos: torch.Tensor | None = None,
-        replacement: torch.Tensor | None = None,
+        source_patches: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         r"""Encode `pixel_values` (batch, channels, height, width).
 
-        `interpolate_pos_encoding=True` runs any resolution divisible by the token stride. `bool_masked_pos`
-        (batch, tokens) with `replacement` (batch, tokens, hidden) swaps patch tokens before the encoder.
+        `interpolate_pos_encoding=True` runs any resolution divisible by the token stride. `bool_masked_pos` and
+        `source_patches` (batch, tokens) corrupt patch tokens before the encoder (see the embeddings).
         """
         dtype = self.embeddings.position_embeddings.dtype
         hidden_states = self.embeddings(
-            pixel_values.to(dtype), interpolate_pos_encoding, bool_masked_pos=bool_masked_pos, replacement=replacement
+            pixel_values.to(dtype), interpolate_pos_encoding, bool_masked_pos, source_patches
         )
         for layer in self.layers:
             hidden_states = layer(hidden_states, **kwargs)
@@ -344,5 +356,88 @@ class VisionTransformerForImageClassification(VisionTransformerPreTrainedModel):
         logits = self.classifier(outputs.pooler_output)
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+def mean_colour_classes(pixel_values: torch.Tensor, token_stride: tuple[int, int], bits: int = 3) -> torch.Tensor:
+    """Each token's mean colour, quantised to `bits` per channel, as one class id (512 classes for 3-bit RGB).
+
+    `pixel_values` are in [-1, 1]; the result is (batch, tokens) in row-major token order.
+    """
+    levels = 2**bits
+    means = nn.functional.avg_pool2d(pixel_values.float(), kernel_size=token_stride, stride=token_stride)
+    bins = ((means + 1) / 2 * levels).floor().clamp(0, levels - 1).long()
+    weights = levels ** torch.arange(bins.shape[1] - 1, -1, -1, device=bins.device)
+    return (bins * weights.view(1, -1, 1, 1)).sum(1).flatten(1)
+
+
+class VisionTransformerForMaskedPatchPrediction(VisionTransformerPreTrainedModel):
+    """The paper's self-supervised objective: corrupt half of the patch embeddings, predict their mean colour.
+
+    Of the corrupted patches 80% become a learnable mask token, 10% another patch of the image, 10% stay as they
+    are; the head predicts each corrupted patch's 3-bit mean colour (512 classes).
+    """
+
+    def __init__(
+        self,
+        config: VisionTransformerConfig,
+        mask_ratio: float = 0.5,
+        colour_bits: int = 3,
+    ):
+        super().__init__(config)
+        self.mask_ratio = mask_ratio
+        self.colour_bits = colour_bits
+        self.vit = VisionTransformerModel(
+            config, use_mask_token=True, patch_embeddings_class=self.patch_embeddings_class
+        )
+        self.head = nn.Linear(config.hidden_size, 2 ** (colour_bits * config.num_channels))
+        self.post_init()
+
+    def corrupt(self, batch: int, tokens: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """Sample which positions are predicted, masked, or given another patch: fixed shapes, no host sync."""
+        ranks = torch.rand(batch, tokens, device=device).argsort(1).argsort(1)
+        predicted = ranks < round(self.mask_ratio * tokens)
+        kind = torch.rand(batch, tokens, device=device)
+        masked = predicted & (kind < 0.8)
+        swapped = predicted & (kind >= 0.8) & (kind < 0.9)
+        identity = torch.arange(tokens, device=device).expand(batch, tokens)
+        sources = torch.where(swapped, torch.randint(0, tokens, (batch, tokens), device=device), identity)
+        return predicted, masked, sources
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        predicted_pos: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        source_patches: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        **kwargs,
+    ) -> MaskedLMOutput:
+        r"""Corrupt, encode and predict. With no `predicted_pos` the corruption is sampled here.
+
+        `predicted_pos` (batch, tokens) marks the positions whose colour is predicted (and scored); `bool_masked_pos`
+        and `source_patches` say how they were corrupted (see `VisionTransformerEmbeddings.forward`).
+        """
+        batch, _, height, width = pixel_values.shape
+        step_h, step_w = self.config.token_stride
+        num_tokens = (height // step_h) * (width // step_w)
+        if predicted_pos is None:
+            predicted_pos, bool_masked_pos, source_patches = self.corrupt(batch, num_tokens, pixel_values.device)
+        outputs = self.vit(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            bool_masked_pos=bool_masked_pos,
+            source_patches=source_patches,
+            **kwargs,
+        )
+        patch_tokens = outputs.last_hidden_state[:, self.vit.embeddings.num_prefix_tokens :]
+        logits = self.head(patch_tokens)
+        targets = mean_colour_classes(pixel_values, (step_h, step_w), self.colour_bits)
+        per_token = nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+        weights = predicted_pos.flatten().float()
+        loss = (per_token * weights).sum() / weights.sum().clamp(min=1)
+        return MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
