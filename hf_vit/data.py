@@ -1,0 +1,251 @@
+"""Image-classification data for pre-training and fine-tuning: loading with `datasets`, augmenting with torchvision.
+
+One set of flags (`add_data_arguments`) and one loader (`load_image_data`) serve every script.
+"""
+
+import argparse
+import io
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+DIGITS = "digits"
+IMAGE_COLUMNS = ("image", "img", "jpg", "png", "webp", "pixel_values")
+LABEL_COLUMNS = ("label", "labels", "cls", "fine_label", "class")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data and augmentation flags shared by pretrain.py and finetune.py."""
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--dataset",
+        default=DIGITS,
+        help="'digits' (scikit-learn's 1,797 handwritten digits, built in), a Hub dataset id, an imagefolder "
+        "directory, or parquet / webdataset (.tar) files (comma-separated or a glob).",
+    )
+    group.add_argument("--dataset-config", default=None, help="Configuration name of a Hub dataset.")
+    group.add_argument("--image-column", default=None, help=f"Default: the first of {IMAGE_COLUMNS} present.")
+    group.add_argument("--label-column", default=None, help=f"Default: the first of {LABEL_COLUMNS} present.")
+    group.add_argument("--train-split", default="train")
+    group.add_argument(
+        "--eval-split",
+        default=None,
+        help="Split to evaluate on; default 'validation' or 'test' if present, else a held-out fraction of the "
+        "training split (--eval-fraction).",
+    )
+    group.add_argument("--eval-fraction", type=float, default=0.1, help="Held out when there is no eval split.")
+    group.add_argument("--image-size", type=int, default=None, help="Training resolution (default: the model's).")
+    group.add_argument("--streaming", action="store_true", help="Stream the data instead of downloading it whole.")
+    group.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes.")
+    aug = parser.add_argument_group("augmentation")
+    aug.add_argument(
+        "--random-crop-scale",
+        type=float,
+        default=None,
+        help="Smallest area fraction of the inception crop (official 0.05); 1.0 turns cropping off. "
+        "Default 0.05, or 0.6 for the built-in 8x8 digits.",
+    )
+    aug.add_argument(
+        "--hflip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Random horizontal flips (default on; off for digits).",
+    )
+    aug.add_argument("--randaugment", default=None, metavar="N,M", help="RandAugment with N ops of magnitude M.")
+    aug.add_argument(
+        "--mixup", type=float, default=0.0, metavar="ALPHA", help="Mixup with Beta(ALPHA, ALPHA); 0 is off."
+    )
+
+
+@dataclass
+class ImageData:
+    """Train and eval splits with their columns and label names."""
+
+    train: Any
+    eval: Any
+    image_column: str
+    label_column: str
+    label_names: list[str]
+    streaming: bool = False
+    skipped: dict[str, int] = field(default_factory=lambda: {"train": 0, "eval": 0})
+
+
+def digits_dataset():
+    """scikit-learn's digits as a `datasets.Dataset` of 8x8 grayscale PIL images (values scaled to 0-255)."""
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = [Image.fromarray((image * 255 / 16).round().astype(np.uint8), mode="L") for image in digits.images]
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=[str(i) for i in range(10)])})
+    return Dataset.from_dict({"image": images, "label": digits.target.tolist()}, features=features)
+
+
+def _files(spec: str) -> list[str]:
+    paths: list[str] = []
+    for part in spec.split(","):
+        matches = sorted(str(p) for p in Path().glob(part)) if any(c in part for c in "*?[") else [part]
+        paths.extend(matches)
+    return paths
+
+
+def _load_raw(args: argparse.Namespace):
+    """The DatasetDict (or IterableDatasetDict) named by --dataset."""
+    from datasets import DatasetDict, load_dataset
+
+    if args.dataset == DIGITS:
+        if args.streaming:
+            raise ValueError("--streaming needs a Hub dataset or files; the built-in digits are in memory.")
+        return DatasetDict({"train": digits_dataset()})
+    if os.path.isdir(args.dataset):
+        return load_dataset("imagefolder", data_dir=args.dataset, streaming=args.streaming)
+    files = _files(args.dataset)
+    if files and all(f.endswith(".parquet") for f in files):
+        return load_dataset("parquet", data_files={args.train_split: files}, streaming=args.streaming)
+    if files and all(f.endswith(".tar") for f in files):
+        return load_dataset("webdataset", data_files={args.train_split: files}, streaming=args.streaming)
+    if any(os.path.sep in f or os.path.exists(f) for f in files):
+        missing = [f for f in files if not os.path.exists(f)]
+        raise ValueError(
+            f"--dataset {args.dataset!r}: expected an imagefolder directory or .parquet/.tar files"
+            + (f"; not found: {missing}" if missing else "")
+        )
+    return load_dataset(args.dataset, args.dataset_config, streaming=args.streaming)
+
+
+def _pick(columns: Iterable[str], wanted: str | None, candidates: tuple[str, ...], what: str) -> str:
+    columns = list(columns)
+    if wanted is not None:
+        if wanted not in columns:
+            raise ValueError(f"{what} column {wanted!r} is not in the dataset; its columns are {columns}.")
+        return wanted
+    for name in candidates:
+        if name in columns:
+            return name
+    raise ValueError(f"No {what} column found among {columns}; pass --{what}-column.")
+
+
+def load_image_data(args: argparse.Namespace, seed: int = 0) -> ImageData:
+    """Load --dataset, choose the image/label columns and the eval split, and check the labels are classes."""
+    raw = _load_raw(args)
+    if args.train_split not in raw:
+        raise ValueError(f"--train-split {args.train_split!r} not found; splits are {list(raw)}.")
+    train = raw[args.train_split]
+    columns = train.column_names or list(train.features or {})
+    image_column = _pick(columns, args.image_column, IMAGE_COLUMNS, "image")
+    label_column = _pick(columns, args.label_column, LABEL_COLUMNS, "label")
+    label_feature = (train.features or {}).get(label_column)
+    names = getattr(label_feature, "names", None)
+    if names is None:
+        raise ValueError(
+            f"Label column {label_column!r} is not a class label (it is {label_feature}); choose a ClassLabel "
+            f"column with --label-column from {columns}."
+        )
+    eval_split = args.eval_split or next((s for s in ("validation", "valid", "val", "test") if s in raw), None)
+    if eval_split is not None:
+        if eval_split not in raw:
+            raise ValueError(f"--eval-split {eval_split!r} not found; splits are {list(raw)}.")
+        evaluation = raw[eval_split]
+    elif args.streaming:
+        raise ValueError("A streamed dataset needs an --eval-split: a fraction cannot be held out of a stream.")
+    else:
+        parts = train.train_test_split(test_size=args.eval_fraction, seed=seed, stratify_by_column=label_column)
+        train, evaluation = parts["train"], parts["test"]
+    if not args.streaming:
+        from datasets import Image as ImageFeature
+
+        train = train.cast_column(image_column, ImageFeature(decode=False))
+        evaluation = evaluation.cast_column(image_column, ImageFeature(decode=False))
+    return ImageData(train, evaluation, image_column, label_column, list(names), args.streaming)
+
+
+def decode_image(value: Any) -> Image.Image | None:
+    """A PIL RGB image from whatever a dataset holds (PIL image, {'bytes','path'} dict, bytes), or None if broken."""
+    try:
+        if isinstance(value, Image.Image):
+            image = value
+        elif isinstance(value, dict):
+            image = Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
+        elif isinstance(value, (bytes, bytearray)):
+            image = Image.open(io.BytesIO(value))
+        else:
+            return None
+        image.load()
+        return image.convert("RGB")
+    except Exception:  # noqa: BLE001 - any decoding failure means: skip this sample
+        return None
+
+
+def is_digits(args: argparse.Namespace) -> bool:
+    return args.dataset == DIGITS
+
+
+def build_transforms(args: argparse.Namespace, image_size: tuple[int, int], train: bool) -> Callable:
+    """The official pipeline: inception crop + flip for training, plain resize for eval; pixels scaled to [-1, 1].
+
+    The built-in 8x8 digits get gentler defaults (crop area >= 60%, no flips: a flipped digit is another digit).
+    """
+    from torchvision.transforms import v2
+
+    normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)]
+    resize = v2.Resize(image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+    if not train:
+        return v2.Compose([resize, *normalize])
+    crop_scale = args.random_crop_scale
+    if crop_scale is None:
+        crop_scale = 0.6 if is_digits(args) else 0.05
+    hflip = args.hflip if args.hflip is not None else not is_digits(args)
+    steps: list = []
+    if crop_scale < 1.0:
+        steps.append(
+            v2.RandomResizedCrop(
+                image_size, scale=(crop_scale, 1.0), interpolation=v2.InterpolationMode.BICUBIC, antialias=True
+            )
+        )
+    else:
+        steps.append(resize)
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if args.randaugment:
+        try:
+            num_ops, magnitude = (int(v) for v in args.randaugment.split(","))
+        except ValueError as error:
+            raise ValueError(f"--randaugment takes N,M (two integers), got {args.randaugment!r}.") from error
+        steps.append(v2.RandAugment(num_ops=num_ops, magnitude=magnitude))
+    return v2.Compose([*steps, *normalize])
+
+
+class Collator:
+    """Decode, transform and batch samples, skipping (and counting) images that cannot be read.
+
+    With `fixed_size`, skipped images are replaced by repeats of readable ones of the same batch, so every training
+    batch keeps its shape (XLA compiles the step once) and all processes step together.
+    """
+
+    def __init__(self, transform: Callable, image_column: str, label_column: str, fixed_size: bool = False):
+        self.transform = transform
+        self.image_column = image_column
+        self.label_column = label_column
+        self.fixed_size = fixed_size
+
+    def __call__(self, samples: list[dict]) -> dict[str, Any]:
+        pixels, labels = [], []
+        for sample in samples:
+            image = decode_image(sample[self.image_column])
+            if image is not None:
+                pixels.append(self.transform(image))
+                labels.append(int(sample[self.label_column]))
+        skipped = len(samples) - len(pixels)
+        if not pixels:
+            return {"pixel_values": torch.empty(0), "labels": torch.empty(0, dtype=torch.long), "skipped": skipped}
+        if self.fixed_size:
+            pixels += [pixels[i % len(labels)] for i in range(skipped)]
+            labels += [labels[i % len(labels)] for i in range(skipped)]
+        return {"pixel_values": torch.stack(pixels), "labels": torch.tensor(labels), "skipped": skipped}
