@@ -222,30 +222,74 @@ def build_transforms(args: argparse.Namespace, image_size: tuple[int, int], trai
     return v2.Compose([*steps, *normalize])
 
 
-class Collator:
-    """Decode, transform and batch samples, skipping (and counting) images that cannot be read.
+class ImageSamples(torch.utils.data.Dataset):
+    """Decoded, transformed samples of a map-style dataset: (pixels or None if unreadable, label).
+
+    Sample i of epoch e is augmented under an RNG seeded by (seed, e, i): augmentation is reproducible whatever the
+    worker count or prefetching, and a resumed run sees exactly the images the uninterrupted one would have.
+    """
+
+    def __init__(self, dataset, transform: Callable, image_column: str, label_column: str, seed: int = 0):
+        self.dataset = dataset
+        self.transform = transform
+        self.image_column = image_column
+        self.label_column = label_column
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
+            return prepare_sample(self.dataset[index], self.transform, self.image_column, self.label_column)
+
+
+class StreamedImages(torch.utils.data.IterableDataset):
+    """The streaming twin of ImageSamples (augmented under the global RNG: a stream has no indices)."""
+
+    def __init__(self, dataset, transform: Callable, image_column: str, label_column: str):
+        self.dataset = dataset
+        self.transform = transform
+        self.image_column = image_column
+        self.label_column = label_column
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self):
+        for sample in self.dataset:
+            yield prepare_sample(sample, self.transform, self.image_column, self.label_column)
+
+
+def prepare_sample(sample: dict, transform: Callable, image_column: str, label_column: str):
+    image = decode_image(sample[image_column])
+    return (None if image is None else transform(image)), int(sample[label_column])
+
+
+class Collate:
+    """Batch (pixels, label) pairs, skipping and counting unreadable images.
 
     With `fixed_size`, skipped images are replaced by repeats of readable ones of the same batch, so every training
     batch keeps its shape (XLA compiles the step once) and all processes step together.
     """
 
-    def __init__(self, transform: Callable, image_column: str, label_column: str, fixed_size: bool = False):
-        self.transform = transform
-        self.image_column = image_column
-        self.label_column = label_column
+    def __init__(self, fixed_size: bool = False):
         self.fixed_size = fixed_size
 
-    def __call__(self, samples: list[dict]) -> dict[str, Any]:
-        pixels, labels = [], []
-        for sample in samples:
-            image = decode_image(sample[self.image_column])
-            if image is not None:
-                pixels.append(self.transform(image))
-                labels.append(int(sample[self.label_column]))
-        skipped = len(samples) - len(pixels)
-        if not pixels:
+    def __call__(self, items: list[tuple[torch.Tensor | None, int]]) -> dict[str, Any]:
+        good = [(pixels, label) for pixels, label in items if pixels is not None]
+        skipped = len(items) - len(good)
+        if not good:
             return {"pixel_values": torch.empty(0), "labels": torch.empty(0, dtype=torch.long), "skipped": skipped}
         if self.fixed_size:
-            pixels += [pixels[i % len(labels)] for i in range(skipped)]
-            labels += [labels[i % len(labels)] for i in range(skipped)]
-        return {"pixel_values": torch.stack(pixels), "labels": torch.tensor(labels), "skipped": skipped}
+            good += [good[i % len(good)] for i in range(skipped)]
+        return {
+            "pixel_values": torch.stack([pixels for pixels, _ in good]),
+            "labels": torch.tensor([label for _, label in good]),
+            "skipped": skipped,
+        }

@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from .configuration import to_pair
-from .data import Collator, ImageData, build_transforms, is_digits, load_image_data
+from .data import Collate, ImageData, ImageSamples, StreamedImages, build_transforms, is_digits, load_image_data
 from .modeling import VisionTransformerForMaskedPatchPrediction, mean_colour_classes
 from .presets import create_config, resolve_preset
 from .processing import create_image_processor
@@ -108,9 +108,9 @@ def build_model(args: argparse.Namespace, data: ImageData):
     }
     if is_preset(args.model):
         overrides.setdefault("image_size", 32 if is_digits(args) else 224)
-        # The paper pre-trains with the pre-logits (representation) layer.
-        overrides.setdefault("representation_size", create_config(args.model).hidden_size)
         config = create_config(args.model, **overrides, **labels)
+        if "representation_size" not in overrides:  # the paper pre-trains with the pre-logits layer
+            config.representation_size = config.hidden_size
         if args.objective == "masked-patch":
             return VisionTransformerForMaskedPatchPrediction(config)
         return AutoModelForImageClassification.from_config(config)
@@ -219,15 +219,19 @@ class Trainer:
 
     def _loader(self, dataset, train: bool) -> torch.utils.data.DataLoader:
         transform = build_transforms(self.args, self.image_size, train)
-        collate = Collator(transform, self.data.image_column, self.data.label_column, fixed_size=train)
-        if train and self.data.streaming:
-            dataset = dataset.shuffle(seed=self.args.seed, buffer_size=1000)
+        columns = (self.data.image_column, self.data.label_column)
+        if self.data.streaming:
+            if train:
+                dataset = dataset.shuffle(seed=self.args.seed, buffer_size=1000)
+            samples = StreamedImages(dataset, transform, *columns)
+        else:
+            samples = ImageSamples(dataset, transform, *columns, seed=self.args.seed)
         return torch.utils.data.DataLoader(
-            dataset,
+            samples,
             batch_size=self.args.per_device_batch_size,
             shuffle=train and not self.data.streaming,
             drop_last=train,
-            collate_fn=collate,
+            collate_fn=Collate(fixed_size=train),
             num_workers=self.args.num_workers,
         )
 
