@@ -37,11 +37,11 @@ def _mosaic(tiles: np.ndarray, columns: int, gap: int, fill: float) -> np.ndarra
     return canvas
 
 
-def _grid_ticks(count: int, size: int, gap: int) -> tuple[list[float], list[str]]:
+def _grid_ticks(count: int, size: int) -> tuple[list[float], list[str]]:
     """Tick positions at tile centres, labelled 1..count (at most about 8 labels)."""
     step = max(1, round(count / 8))
     chosen = list(range(0, count, step))
-    return [index * (size + gap) + (size - 1) / 2 for index in chosen], [str(index + 1) for index in chosen]
+    return [index * size + (size - 1) / 2 for index in chosen], [str(index + 1) for index in chosen]
 
 
 def draw_rollout(ax: "Axes", image: np.ndarray, rollout: np.ndarray, title: str):
@@ -54,16 +54,20 @@ def draw_rollout(ax: "Axes", image: np.ndarray, rollout: np.ndarray, title: str)
     return overlay
 
 
-def draw_attention_distance(ax: "Axes", distances: np.ndarray, max_distance: float) -> None:
-    """One dot per head at its layer (Figure 7, right)."""
+def draw_attention_distance(ax: "Axes", distances: np.ndarray, max_distance: float, uniform_distance: float) -> None:
+    """One dot per head at its layer (Figure 7, right), with the distance that uniform attention would give."""
+    from matplotlib.ticker import MaxNLocator
+
     layers, heads = distances.shape
     depth = np.arange(1, layers + 1)
     for head in range(heads):
         ax.scatter(depth, distances[:, head], s=14, label=f"head {head + 1}")
+    ax.axhline(uniform_distance, color="grey", linestyle="--", linewidth=1, label="uniform attention")
     ax.set_xlabel("Network depth (layer)")
     ax.set_ylabel("Mean attention distance (pixels)")
     ax.set_title("Mean attention distance per head")
     ax.set_xlim(0.5, layers + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(0, max_distance)
     ax.grid(alpha=0.3)
     if heads <= 16:
@@ -73,12 +77,14 @@ def draw_attention_distance(ax: "Axes", distances: np.ndarray, max_distance: flo
 def draw_position_similarity(ax: "Axes", similarity: np.ndarray):
     """A grid of grids: tile (i, j) is the cosine similarity of patch (i, j)'s embedding with all others."""
     grid_h, grid_w = similarity.shape[:2]
-    gap = 1
-    tiles = similarity.reshape(grid_h * grid_w, grid_h, grid_w)
-    canvas = _mosaic(tiles, grid_w, gap, np.nan)
+    canvas = similarity.transpose(0, 2, 1, 3).reshape(grid_h * grid_h, grid_w * grid_w)
     image = ax.imshow(canvas, cmap="viridis", vmin=-1, vmax=1, interpolation="nearest")
-    xticks, xlabels = _grid_ticks(grid_w, grid_w, gap)
-    yticks, ylabels = _grid_ticks(grid_h, grid_h, gap)
+    for row in range(1, grid_h):
+        ax.axhline(row * grid_h - 0.5, color="white", linewidth=1)
+    for col in range(1, grid_w):
+        ax.axvline(col * grid_w - 0.5, color="white", linewidth=1)
+    xticks, xlabels = _grid_ticks(grid_w, grid_w)
+    yticks, ylabels = _grid_ticks(grid_h, grid_h)
     ax.set_xticks(xticks, xlabels)
     ax.set_yticks(yticks, ylabels)
     ax.set_xlabel("Input patch column")
@@ -125,9 +131,9 @@ def rollout_figure(image: np.ndarray, rollout: np.ndarray, readout: str) -> "Fig
     return figure
 
 
-def attention_distance_figure(distances: np.ndarray, max_distance: float) -> "Figure":
+def attention_distance_figure(result: "AnalysisResult") -> "Figure":
     figure = _new_figure(6, 4.5)
-    draw_attention_distance(figure.subplots(), distances, max_distance)
+    draw_attention_distance(figure.subplots(), *_distance_scale(result))
     return figure
 
 
@@ -159,14 +165,16 @@ def overview_figure(result: "AnalysisResult", image: np.ndarray, readout: str) -
     similarity_ax = axes[-2]
     similarity = draw_position_similarity(similarity_ax, result.position_similarity.numpy())
     figure.colorbar(similarity, ax=similarity_ax, shrink=0.7, label="Cosine similarity")
-    draw_attention_distance(distance_ax, result.attention_distance.numpy(), max_pixel_distance(result))
+    draw_attention_distance(distance_ax, *_distance_scale(result))
     return figure
 
 
-def max_pixel_distance(result: "AnalysisResult") -> float:
-    """The largest distance between two patch centres, the natural top of the attention-distance axis."""
-    (grid_h, grid_w), (step_h, step_w) = result.grid, result.token_stride
-    return float(np.hypot((grid_h - 1) * step_h, (grid_w - 1) * step_w)) or 1.0
+def _distance_scale(result: "AnalysisResult") -> tuple[np.ndarray, float, float]:
+    """The distances, the largest distance between two patch centres (top of the axis) and uniform attention's."""
+    from .analysis import patch_distances
+
+    distances = patch_distances(result.grid, result.token_stride).numpy()
+    return result.attention_distance.numpy(), float(distances.max()) or 1.0, float(distances.mean())
 
 
 def _upsample(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:

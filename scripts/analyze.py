@@ -59,17 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", action="append", required=True, help="an input image; repeat for more")
     parser.add_argument("--output-dir", required=True, type=Path, help="where the PNGs and analysis.json go")
     parser.add_argument("--num-components", type=int, default=28, help="principal components of the filters")
+    parser.add_argument("--dpi", type=int, default=100, help="resolution of the PNGs (dots per inch)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed for a preset")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    if args.num_components < 1:
+        parser.error(f"--num-components must be at least 1, got {args.num_components}")
+    if args.dpi < 10:
+        parser.error(f"--dpi must be at least 10, got {args.dpi}")
     try:
         from hf_vit import plotting
     except ImportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     try:
-        if args.num_components < 1:
-            raise ValueError(f"--num-components must be at least 1, got {args.num_components}.")
         images = load_images(args.image)
         model, processor = load_model(args.model, args.seed)
         pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
@@ -84,26 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     height, width = pixel_values.shape[-2:]
     shown = [np.asarray(image.resize((width, height), Image.BICUBIC)) for image in images]
     readout = "class token" if result.num_prefix_tokens else "mean over tokens"
-    figures = {}
-    for index, (image, rollout) in enumerate(zip(shown, result.rollout_maps.numpy(), strict=True)):
-        name = f"attention_rollout_{index}.png"
-        plotting.save_figure(plotting.rollout_figure(image, rollout, readout), out / name)
-        figures[f"attention_rollout_{index}"] = name
-    distance = plotting.attention_distance_figure(
-        result.attention_distance.numpy(), plotting.max_pixel_distance(result)
-    )
-    figures["mean_attention_distance"] = plotting.save_figure(distance, out / "mean_attention_distance.png").name
-    similarity = plotting.position_similarity_figure(result.position_similarity.numpy())
-    figures["position_embedding_similarity"] = plotting.save_figure(
-        similarity, out / "position_embedding_similarity.png"
-    ).name
+    drawn = {
+        f"attention_rollout_{index}": plotting.rollout_figure(image, rollout, readout)
+        for index, (image, rollout) in enumerate(zip(shown, result.rollout_maps.numpy(), strict=True))
+    }
+    drawn["mean_attention_distance"] = plotting.attention_distance_figure(result)
+    drawn["position_embedding_similarity"] = plotting.position_similarity_figure(result.position_similarity.numpy())
     if result.filters is not None:
-        filters = plotting.filters_figure(result.filters.components.numpy())
-        figures["patch_embedding_filters"] = plotting.save_figure(filters, out / "patch_embedding_filters.png").name
+        drawn["patch_embedding_filters"] = plotting.filters_figure(result.filters.components.numpy())
     else:
         print(f"note: {result.filters_note}")
-    overview = plotting.overview_figure(result, shown[0], readout)
-    figures["overview"] = plotting.save_figure(overview, out / "overview.png").name
+    drawn["overview"] = plotting.overview_figure(result, shown[0], readout)
+    figures = {key: plotting.save_figure(figure, out / f"{key}.png", args.dpi).name for key, figure in drawn.items()}
 
     summary = {
         "model": args.model,
