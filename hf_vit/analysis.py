@@ -1,7 +1,8 @@
 """The paper's analyses of what a ViT learns (Section 4.5, Figures 6 and 7), as plain tensors.
 
-Every function takes tensors plus the token stride in pixels, never a particular embedding module, so the same code
-serves plain ViT and the hybrid (whose tokens are ResNet features with a larger stride). Pictures are drawn by
+The computations take tensors plus the token stride in pixels (`config.token_stride`), never a particular embedding
+module, so the same code serves plain ViT and the hybrid (whose tokens are ResNet features with a larger stride);
+only the filter PCA needs pixel filters and is skipped for the hybrid. Pictures are drawn by
 `hf_vit.plotting`; nothing here imports matplotlib.
 """
 
@@ -42,10 +43,9 @@ def attention_rollout(attentions: Sequence[torch.Tensor]) -> torch.Tensor:
 def rollout_map(rollout: torch.Tensor, num_prefix_tokens: int, grid: tuple[int, int]) -> torch.Tensor:
     """The image-level rollout over the patch grid, (batch, grid_h, grid_w), summing to one per image.
 
-    (All zeros when the read-out token draws on no patch at all, as with identity attention.)
-
     With a class token its row is read (what the classifier sees); without one (`classifier="gap"`) the pooled
-    feature is the mean of all tokens, so the rows are averaged.
+    feature is the mean of all tokens, so the rows are averaged. The map is all zeros when the read-out draws on no
+    patch at all (identity attention with a class token).
     """
     grid_h, grid_w = grid
     if rollout.shape[-1] != num_prefix_tokens + grid_h * grid_w:
