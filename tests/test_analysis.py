@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, to_pixels
 from PIL import Image
 from scipy.spatial.distance import pdist
 from torch import nn
@@ -22,7 +23,6 @@ from hf_vit.analysis import (
     position_embedding_similarity,
     rollout_map,
 )
-from tests.conftest import TINY, to_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
 
