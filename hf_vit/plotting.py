@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .analysis import patch_distances
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -16,12 +18,19 @@ if TYPE_CHECKING:
     from .analysis import AnalysisResult
 
 
-def _new_figure(width: float, height: float) -> "Figure":
-    """A figure with its own Agg canvas; the import is here so that only plotting needs matplotlib."""
+def require_matplotlib() -> None:
+    """Fail before any work is done when matplotlib is missing, saying how to get it."""
     try:
-        from matplotlib.figure import Figure
+        import matplotlib  # noqa: F401
     except ImportError as error:
         raise ImportError("Plotting needs matplotlib: pip install 'hf_vit[analysis]'.") from error
+
+
+def _new_figure(width: float, height: float) -> "Figure":
+    """A figure with its own Agg canvas; matplotlib is imported here so that only drawing needs it."""
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
     return Figure(figsize=(width, height), layout="constrained")
 
 
@@ -124,7 +133,7 @@ def rollout_figure(image: np.ndarray, rollout: np.ndarray, readout: str) -> "Fig
     axes[0].set_axis_off()
     overlay = draw_rollout(axes[1], image, rollout, f"Attention rollout ({readout})")
     figure.colorbar(overlay, ax=axes[1], shrink=0.8, label="Share of attention")
-    mask = _upsample(rollout / rollout.max(), image.shape[:2])
+    mask = _upsample(rollout / (rollout.max() or 1.0), image.shape[:2])
     axes[2].imshow((image.astype(np.float64) * mask[..., None]).astype(np.uint8))
     axes[2].set_title("Input × rollout (normalised to max 1)")
     axes[2].set_axis_off()
@@ -171,8 +180,6 @@ def overview_figure(result: "AnalysisResult", image: np.ndarray, readout: str) -
 
 def _distance_scale(result: "AnalysisResult") -> tuple[np.ndarray, float, float]:
     """The distances, the largest distance between two patch centres (top of the axis) and uniform attention's."""
-    from .analysis import patch_distances
-
     distances = patch_distances(result.grid, result.token_stride).numpy()
     return result.attention_distance.numpy(), float(distances.max()) or 1.0, float(distances.mean())
 

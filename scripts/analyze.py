@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 import hf_vit
+from hf_vit import plotting
 from hf_vit.analysis import analyze
 
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dpi < 10:
         parser.error(f"--dpi must be at least 10, got {args.dpi}")
     try:
-        from hf_vit import plotting
+        plotting.require_matplotlib()
     except ImportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
