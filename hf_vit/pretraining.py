@@ -179,11 +179,22 @@ def resolve_checkpoint(value: str, output_dir: Path) -> Path:
     return path
 
 
+def load_models_on_host(models: list[torch.nn.Module], input_dir: str) -> None:
+    """Load checkpointed weights for accelerate's `load_state` on XLA, where safetensors cannot write into device
+    tensors: read each file on the host, copy it in, and take the model off the list accelerate still loads."""
+    from safetensors.torch import load_file
+
+    for index, model in enumerate(models):
+        name = "model.safetensors" if index == 0 else f"model_{index}.safetensors"
+        model.load_state_dict(load_file(os.path.join(input_dir, name)))
+    models.clear()
+
+
 class Trainer:
     """The loop: one object so that checkpoints, evaluation and resume share the run's state."""
 
     def __init__(self, args: argparse.Namespace):
-        from accelerate import Accelerator
+        from accelerate import Accelerator, DistributedType
         from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
         self.args = args
@@ -208,6 +219,11 @@ class Trainer:
         self.model, self.optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
             self.model, optimizer, self.train_loader, self.eval_loader
         )
+        if self.accelerator.distributed_type == DistributedType.XLA:
+            # Accelerate's XLA loader wrapper lacks the `dataset` that save_state/load_state read (accelerate 1.15):
+            # checkpoint the DataLoaderShard inside it, which holds the same seeded sampler.
+            self.accelerator._dataloaders = [getattr(dl, "dataloader", dl) for dl in self.accelerator._dataloaders]
+            self.accelerator.register_load_state_pre_hook(load_models_on_host)
         self.total_steps = self._total_steps()
         self.warmup = args.warmup_steps if args.warmup_steps is not None else default_warmup(self.total_steps)
         self.step = 0
@@ -255,6 +271,12 @@ class Trainer:
             return F.cross_entropy(self.model(pixel_values=pixels).logits.float(), targets)
         return F.cross_entropy(self.model(pixel_values=pixels).logits.float(), labels)
 
+    def print(self, message: str) -> None:
+        """Print once per run: accelerate's own `print` asks for the local main process, which XLA on the CPU
+        reports as local index -1, so it would stay silent there."""
+        if self.accelerator.is_main_process:
+            print(message, flush=True)
+
     def train(self) -> dict[str, float]:
         from tqdm.auto import tqdm
 
@@ -263,7 +285,7 @@ class Trainer:
             self.load_checkpoint(resolve_checkpoint(args.resume_from_checkpoint, self.output_dir))
         accelerator.init_trackers("hf_vit_pretrain", config={k: str(v) for k, v in vars(args).items()})
         device = accelerator.device
-        accelerator.print(
+        self.print(
             f"Training on {device} ({accelerator.distributed_type.value}, {accelerator.num_processes} processes)."
         )
         running = torch.zeros((), device=device)
@@ -446,7 +468,7 @@ class Trainer:
         state = json.loads((path / STATE_FILE).read_text())
         self.step, self.epoch, self.batches_done = state["step"], state["epoch"], state["batches_done"]
         self.samples, self.skipped = state["samples"], state["skipped"]
-        self.accelerator.print(f"Resumed from {path} at update {self.step} (epoch {self.epoch}).")
+        self.print(f"Resumed from {path} at update {self.step} (epoch {self.epoch}).")
 
     def save_final(self, results: dict[str, float]) -> None:
         """The model, its image processor, a model card and all_results.json in the output dir."""
@@ -455,7 +477,9 @@ class Trainer:
         if not accelerator.is_main_process:
             return
         model = accelerator.unwrap_model(self.model)
-        model.save_pretrained(self.output_dir)
+        # Host copies: safetensors cannot read tensors that live on an XLA device.
+        state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+        model.save_pretrained(self.output_dir, state_dict=state_dict)
         processor = create_image_processor(model.config)
         processor.save_pretrained(self.output_dir)
         (self.output_dir / "all_results.json").write_text(json.dumps(results, indent=2))

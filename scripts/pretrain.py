@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     except (NonFiniteLossError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    trainer.accelerator.print(
+    trainer.print(
         f"held-out accuracy {results['eval_accuracy']:.4f} (loss {results['eval_loss']:.4f}) after "
         f"{results['train_steps']} updates in {results['train_runtime_seconds']:.0f} s; saved to {args.output_dir}"
     )
