@@ -108,6 +108,12 @@ class Hub:
         self.lock = threading.RLock()
         self.url = self.cdn_url = ""
         self.log: list[tuple[str, str, int]] = []
+        self.unrouted: list[str] = []
+
+    def _no_route(self, method: str, path: str) -> HubError:
+        """Requests this Hub does not implement are recorded, so tests can assert the client used none."""
+        self.unrouted.append(f"{method} {path}")
+        return HubError(404, f"No route for {method} {path}")
 
     # storage -------------------------------------------------------------------------------------------------------
     def _store(self, content: bytes) -> Entry:
@@ -154,7 +160,7 @@ class Hub:
                 if not path.exists():
                     raise HubError(404, "Object not found")
                 return self._file_answer(path.read_bytes(), {}, headers)
-            raise HubError(404, "Not found")
+            raise self._no_route(method, "/" + "/".join(parts))
         if parts[:1] == ["api"]:
             return self._api(method, parts[1:], query, body, token)
         if method == "PUT" and len(parts) == 2 and parts[0] == "lfs-upload":
@@ -172,7 +178,7 @@ class Hub:
             return self._lfs_batch(repo_type, f"{parts[0]}/{parts[1].removesuffix('.git')}", body, token)
         if method in ("GET", "HEAD") and len(parts) >= 5 and parts[2] == "resolve":
             return self._resolve(repo_type, "/".join(parts[:2]), parts[3], "/".join(parts[4:]), headers, token)
-        raise HubError(404, f"No route for {method} /{'/'.join(parts)}")
+        raise self._no_route(method, "/" + "/".join(parts))
 
     def _api(self, method: str, parts: list[str], query: dict, body: bytes, token: str | None):
         if parts == ["whoami-v2"] and method == "GET":
@@ -187,12 +193,14 @@ class Hub:
                     "auth": {"type": "access_token", "accessToken": {"displayName": "tests", "role": "write"}},
                 }
             )
+        if parts == ["agent-harnesses"] and method == "GET":  # huggingface_hub's user-agent registry
+            return self._json({"standardEnvVars": [], "harnesses": {}})
         if parts == ["validate-yaml"] and method == "POST":
             return self._validate_yaml(json.loads(body)["content"])
         if parts == ["repos", "create"] and method == "POST":
             return self._create_repo(json.loads(body), token)
         if len(parts) < 3 or parts[0] not in REPO_TYPES:
-            raise HubError(404, f"No route for {method} /api/{'/'.join(parts)}")
+            raise self._no_route(method, "/api/" + "/".join(parts))
         repo_type, repo_id, rest = REPO_TYPES[parts[0]], f"{parts[1]}/{parts[2]}", parts[3:]
         with self.lock:
             repo = self._repo(repo_type, repo_id, token)
@@ -216,7 +224,7 @@ class Hub:
             if method == "POST" and len(rest) == 2 and rest[0] == "branch":
                 self._check_write(repo_id.split("/")[0], token, repo_type)
                 return self._create_branch(repo, rest[1], json.loads(body or b"{}"))
-        raise HubError(404, f"No route for {method} /api/{'/'.join(parts)}")
+        raise self._no_route(method, "/api/" + "/".join(parts))
 
     def _create_repo(self, request: dict, token: str | None):
         repo_type = request.get("type") or "model"
@@ -516,6 +524,11 @@ class HubServer:
         return self.hub.url
 
     @property
+    def unrouted(self) -> list[str]:
+        """Requests that matched no endpoint: empty when this Hub covered everything the client did."""
+        return self.hub.unrouted
+
+    @property
     def log(self) -> list[tuple[str, str, int]]:
         """(method, path, status) of every request, to see what a client asked for."""
         return self.hub.log
@@ -536,7 +549,7 @@ class HubServer:
     def __enter__(self) -> "HubServer":
         for cdn in (False, True):
             listener = _Listener(self.hub, cdn)
-            threading.Thread(target=listener.serve_forever, daemon=True).start()
+            threading.Thread(target=listener.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
             self._listeners.append(listener)
         api, cdn = (f"http://127.0.0.1:{listener.server_address[1]}" for listener in self._listeners)
         self.hub.url, self.hub.cdn_url = api, cdn
