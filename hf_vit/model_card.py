@@ -163,11 +163,10 @@ def render_model_card(
         "pos_embed_resize": RESIZES[config.pos_embed_interpolation],
     }
     if is_hybrid(config):
-        layers = list(config.resnet_layers)
         facts |= {
-            "resnet_layers": "/".join(map(str, layers)),
-            "resnet_stages": len(layers),
+            "resnet_layers": "/".join(map(str, config.resnet_layers)),
             "resnet_width_factor": config.resnet_width_factor,
+            "resnet_stride": config.resnet_stride,
         }
     template = TEMPLATES / ("hybrid.md" if is_hybrid(config) else "vit.md")
     return ModelCard.from_template(card_data, template_path=str(template), **facts)

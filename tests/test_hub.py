@@ -15,6 +15,7 @@ import torch
 from conftest import TINY, randomize_head, run_without_hf_vit
 from huggingface_hub import HfApi
 from PIL import Image
+from transformers import AutoModelForImageClassification
 
 import hf_vit
 from hf_vit.hub import HubError, push_model
@@ -26,12 +27,16 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import push_to_hub  # noqa: E402 - the CLI, from scripts/
 
 
-def tiny_classifier(seed: int) -> hf_vit.VisionTransformerForImageClassification:
+def tiny_classifier(seed: int, hybrid: bool = False) -> hf_vit.VisionTransformerPreTrainedModel:
+    """A tiny ViT, or hybrid with one ResNet stage, with named labels and a random head."""
     torch.manual_seed(seed)
-    config = hf_vit.VisionTransformerConfig(**TINY)
+    if hybrid:
+        config = hf_vit.HybridVisionTransformerConfig(**{**TINY, "patch_size": 1, "resnet_layers": (1,)})
+    else:
+        config = hf_vit.VisionTransformerConfig(**TINY)
     config.id2label = dict(enumerate(LABELS))
     config.label2id = {name: i for i, name in enumerate(LABELS)}
-    return randomize_head(hf_vit.VisionTransformerForImageClassification(config), seed).eval()
+    return randomize_head(AutoModelForImageClassification.from_config(config), seed).eval()
 
 
 def logits(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -46,16 +51,23 @@ def digests(folder: Path) -> dict[str, str]:
 
 
 def test_push_and_pull_by_id_commit_and_branch_without_hf_vit(hub, tmp_path, photo):
-    first, second = tiny_classifier(0), tiny_classifier(1)
+    first, second, hybrid = tiny_classifier(0), tiny_classifier(1), tiny_classifier(2, hybrid=True)
     card = {"source": "Trained in a test.", "datasets": ["org/shapes"], "results": {"accuracy": 0.625}}
     first_commit = push_model(first, "org/tiny-vit", **card)
     second_commit = push_model(second, "org/tiny-vit", commit_message="Second weights", **card)
     branch_commit = push_model(first, "org/tiny-vit", revision="first-weights", **card)
     assert len({first_commit.oid, second_commit.oid, branch_commit.oid}) == 3
+    push_model(hybrid, "org/tiny-hybrid", **card)
 
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     np.save(tmp_path / "x.npy", x.numpy())
     photo.save(tmp_path / "photo.jpg")
+    pulls = {
+        "main": ("org/tiny-vit", None),
+        "sha": ("org/tiny-vit", first_commit.oid),
+        "branch": ("org/tiny-vit", "first-weights"),
+        "hybrid": ("org/tiny-hybrid", None),
+    }
     result = run_without_hf_vit(
         f"""
         import json, numpy as np, torch
@@ -68,21 +80,19 @@ def test_push_and_pull_by_id_commit_and_branch_without_hf_vit(hub, tmp_path, pho
             refused = False
         except ValueError as error:
             refused = "trust_remote_code" in str(error)
-        out = {{"refused": refused}}
-        for name, revision in [("main", None), ("sha", {first_commit.oid!r}), ("branch", "first-weights")]:
-            model = AutoModelForImageClassification.from_pretrained(
-                "org/tiny-vit", revision=revision, trust_remote_code=True
-            ).eval()
+        out = {{"refused": refused, "modules": [], "predictions": {{}}, "cards": {{}}, "files": {{}}}}
+        for name, (repo, revision) in {pulls!r}.items():
+            model = AutoModelForImageClassification.from_pretrained(repo, revision=revision, trust_remote_code=True)
             with torch.no_grad():
-                np.save(name + ".npy", model(x).logits.numpy())
-        out["module"] = type(model).__module__
-        classify = pipeline("image-classification", model="org/tiny-vit", trust_remote_code=True)
-        out["predictions"] = classify("photo.jpg", top_k=5)
-        card = ModelCard.load("org/tiny-vit")
-        out["card"] = card.data.to_dict()
-        out["card_text"] = card.text
-        out["files"] = sorted(HfApi().list_repo_files("org/tiny-vit"))
-        model.push_to_hub("org/re-shared")  # transformers' own push of remote code, from where hf_vit is absent
+                np.save(name + ".npy", model.eval()(x).logits.numpy())
+            out["modules"].append(type(model).__module__)
+        for repo in ("org/tiny-vit", "org/tiny-hybrid"):
+            classify = pipeline("image-classification", model=repo, trust_remote_code=True)
+            out["predictions"][repo] = classify("photo.jpg", top_k=5)
+            card = ModelCard.load(repo)
+            out["cards"][repo] = {{"data": card.data.to_dict(), "text": card.text}}
+            out["files"][repo] = sorted(HfApi().list_repo_files(repo))
+        model.push_to_hub("org/re-shared")  # the hybrid, with transformers' own push, where hf_vit is absent
         again = AutoModelForImageClassification.from_pretrained("org/re-shared", trust_remote_code=True).eval()
         with torch.no_grad():
             np.save("re-shared.npy", again(x).logits.numpy())
@@ -92,32 +102,37 @@ def test_push_and_pull_by_id_commit_and_branch_without_hf_vit(hub, tmp_path, pho
         env=hub.env(tmp_path / "client-home"),
     )
     assert result["refused"], "remote code must need trust_remote_code=True"
-    assert "hf_vit" not in result["module"]
-    np.testing.assert_array_equal(np.load(tmp_path / "main.npy"), logits(second, x))
-    np.testing.assert_array_equal(np.load(tmp_path / "sha.npy"), logits(first, x))
-    np.testing.assert_array_equal(np.load(tmp_path / "branch.npy"), logits(first, x))
-    np.testing.assert_array_equal(np.load(tmp_path / "re-shared.npy"), logits(first, x))
+    assert not any("hf_vit" in module for module in result["modules"])
+    expected = {"main": second, "sha": first, "branch": first, "hybrid": hybrid, "re-shared": hybrid}
+    for name, model in expected.items():
+        np.testing.assert_array_equal(np.load(tmp_path / f"{name}.npy"), logits(model, x), err_msg=name)
 
-    processor = hf_vit.create_image_processor(second.config)
-    with Image.open(tmp_path / "photo.jpg") as saved, torch.no_grad():
-        probs = second(**processor(saved, return_tensors="pt")).logits.softmax(-1)[0]
-    assert [p["label"] for p in result["predictions"]] == [LABELS[i] for i in probs.argsort(descending=True)]
-    scores = [p["score"] for p in result["predictions"]]
-    np.testing.assert_allclose(scores, probs.sort(descending=True).values, atol=1e-5)
+    code = {"org/tiny-vit": ["pos_embed.py"], "org/tiny-hybrid": ["modeling_hybrid.py", "pos_embed.py", "resnet.py"]}
+    for repo, model in [("org/tiny-vit", second), ("org/tiny-hybrid", hybrid)]:
+        processor = hf_vit.create_image_processor(model.config)
+        with Image.open(tmp_path / "photo.jpg") as saved, torch.no_grad():
+            probs = model(**processor(saved, return_tensors="pt")).logits.softmax(-1)[0]
+        predictions = result["predictions"][repo]
+        assert [p["label"] for p in predictions] == [LABELS[i] for i in probs.argsort(descending=True)]
+        np.testing.assert_allclose([p["score"] for p in predictions], probs.sort(descending=True).values, atol=1e-5)
 
-    assert result["files"] == sorted(
-        [".gitattributes", "README.md", "config.json", "configuration.py", "model.safetensors"]
-        + ["modeling.py", "pos_embed.py", "preprocessor_config.json"]
-    )
-    card_data = result["card"]
-    assert card_data["library_name"] == "transformers" and card_data["pipeline_tag"] == "image-classification"
-    assert card_data["tags"] == ["vision-transformer", "image-classification", "hf_vit", "custom_code"]
-    assert card_data["license"] == "apache-2.0" and card_data["datasets"] == ["org/shapes"]
-    (model_index,) = card_data["model-index"]
-    assert model_index["results"][0]["metrics"] == [{"type": "accuracy", "value": 0.625, "name": "accuracy"}]
-    assert model_index["results"][0]["dataset"] == {"name": "org/shapes", "type": "org/shapes", "split": "validation"}
-    assert 'from_pretrained("org/tiny-vit", trust_remote_code=True)' in result["card_text"]
-    assert "Dosovitskiy and Lucas Beyer" in result["card_text"]
+        assert result["files"][repo] == sorted(
+            [".gitattributes", "README.md", "config.json", "configuration.py", "model.safetensors", "modeling.py"]
+            + ["preprocessor_config.json"]
+            + code[repo]
+        )
+        data, text = result["cards"][repo]["data"], result["cards"][repo]["text"]
+        assert data["library_name"] == "transformers" and data["pipeline_tag"] == "image-classification"
+        assert data["tags"][:4] == ["vision-transformer", "image-classification", "hf_vit", "custom_code"]
+        assert data["license"] == "apache-2.0" and data["datasets"] == ["org/shapes"]
+        (model_index,) = data["model-index"]
+        (results,) = model_index["results"]
+        assert results["metrics"] == [{"type": "accuracy", "value": 0.625, "name": "accuracy"}]
+        assert results["dataset"] == {"name": "org/shapes", "type": "org/shapes", "split": "validation"}
+        assert f'from_pretrained("{repo}", trust_remote_code=True)' in text
+        assert "Dosovitskiy and Lucas Beyer" in text
+    assert result["cards"]["org/tiny-hybrid"]["data"]["tags"][4:] == ["hybrid", "resnet"]
+    assert "| ResNet units per stage / width factor | 1 / 1 |" in result["cards"]["org/tiny-hybrid"]["text"]
     assert not hub.unrouted, f"the client used endpoints the test Hub lacks: {hub.unrouted}"
 
 
@@ -224,6 +239,9 @@ def test_model_card_describes_the_preset_and_its_results():
 
     default = render_model_card(hf_vit.create_config("ViT-B/16"), source="x")
     assert "| Parameters | 86,567,656 |" in default.text
+    hybrid = render_model_card(hf_vit.create_config("R50+ViT-B/16"), source="x")
+    assert "R50+ViT-B/16 (98.7 M parameters)" in hybrid.text and "| Parameters | 98,659,112 |" in hybrid.text
+    assert "feature map of stride 16. Each 1×1 cell" in hybrid.text
     encoder = hf_vit.VisionTransformerConfig(**TINY, architectures=["VisionTransformerModel"])
     encoder_card = render_model_card(encoder, source="x")
     assert encoder_card.data.pipeline_tag == "image-feature-extraction"
