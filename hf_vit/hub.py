@@ -22,7 +22,7 @@ from .processing import create_image_processor
 SHARED_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.json", "*.py", "README.md")
 # Weights that would be loaded in place of ours if a previous push left them behind.
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json")
-# Pickle-based formats run code when loaded: hf_vit never shares them.
+# Pickle-based formats run code when loaded: never shared (training_args.bin and optimizer states stay local too).
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt")
 NETWORK_MODULES = ("httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3")
 DEFAULT_SOURCE = "Uploaded from a local folder with hf_vit; no record of its training came with it."
@@ -43,14 +43,13 @@ def check_folder(folder: Path) -> dict[str, Any]:
     names = {path.name for path in folder.iterdir() if path.is_file()}
     if "config.json" not in names:
         raise ValueError(f"{folder} has no config.json: it is not a saved model.")
-    pickles = sorted(name for name in names if _matches(name, PICKLE_PATTERNS))
-    if pickles:
-        raise ValueError(
-            f"{folder} holds pickle files ({', '.join(pickles)}); only safetensors weights are shared. "
-            "Save the model with save_pretrained (safetensors) in a clean folder."
-        )
     if not any(name.endswith(".safetensors") for name in names):
-        raise ValueError(f"{folder} has no .safetensors weights.")
+        pickles = sorted(name for name in names if _matches(name, PICKLE_PATTERNS))
+        found = f" (only pickle files: {', '.join(pickles)})" if pickles else ""
+        raise ValueError(
+            f"{folder} has no .safetensors weights{found}; hf_vit shares safetensors only: load the model and "
+            "save it again with save_pretrained."
+        )
     config = json.loads((folder / "config.json").read_text())
     modules = {reference.split(".")[0] for reference in config.get("auto_map", {}).values()}
     missing = sorted(f"{module}.py" for module in modules if f"{module}.py" not in names)

@@ -145,6 +145,7 @@ def saved_folder(tmp_path) -> Path:
     (folder / "checkpoint-10").mkdir()
     (folder / "checkpoint-10" / "optimizer.bin").write_bytes(b"not shared")
     (folder / "train_log.jsonl").write_text("{}\n")
+    (folder / "training_args.bin").write_bytes(b"a pickle that transformers' Trainer writes")
     return folder
 
 
@@ -155,7 +156,7 @@ def test_cli_pushes_a_folder_to_a_branch_and_fails_in_one_line(hub, saved_folder
     api = HfApi()
     files = set(api.list_repo_files("org/from-folder", revision="dev"))
     assert {"model.safetensors", "modeling.py", "preprocessor_config.json", "README.md"} <= files
-    assert not {"train_log.jsonl", "checkpoint-10/optimizer.bin"} & files, "logs and checkpoints stay local"
+    assert not {"train_log.jsonl", "training_args.bin", "checkpoint-10/optimizer.bin"} & files, "only the model goes"
     assert api.list_repo_files("org/from-folder") == [".gitattributes"], "main is untouched"
 
     forbidden = subprocess.run(
@@ -183,12 +184,12 @@ def test_cli_pushes_a_folder_to_a_branch_and_fails_in_one_line(hub, saved_folder
     assert digests(saved_folder) == before, "pushing must not change the local folder"
 
 
-def test_folders_that_must_not_be_shared_are_refused(tmp_path, saved_folder, capsys):
-    (saved_folder / "pytorch_model.bin").write_bytes(b"pickle")
+def test_folders_without_safetensors_or_code_are_refused(tmp_path, saved_folder, capsys):
+    (saved_folder / "model.safetensors").rename(saved_folder / "pytorch_model.bin")
     assert push_to_hub.main(["--model", str(saved_folder), "--repo-id", "org/x"]) == 1
     assert capsys.readouterr().err == (
-        f"error: {saved_folder} holds pickle files (pytorch_model.bin); only safetensors weights are shared. "
-        "Save the model with save_pretrained (safetensors) in a clean folder.\n"
+        f"error: {saved_folder} has no .safetensors weights (only pickle files: pytorch_model.bin, "
+        "training_args.bin); hf_vit shares safetensors only: load the model and save it again with save_pretrained.\n"
     )
     no_code = tmp_path / "no-code"
     tiny_classifier(0).save_pretrained(no_code)
