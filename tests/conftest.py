@@ -72,13 +72,16 @@ def run_without_hf_vit(code: str, cwd: Path, timeout: int = 600, env: dict[str, 
 def hub(tmp_path, monkeypatch):
     """A Hub on 127.0.0.1 (tests/hub_server.py) for this process and for subprocesses given `hub.env(home)`.
 
-    huggingface_hub reads its endpoint, Xet and offline switches at import, so they are patched in its constants here.
+    huggingface_hub reads its endpoint (and the download URL made from it), Xet and offline switches at import, so
+    they are patched in its constants here.
     """
     from hub_server import HubServer
     from huggingface_hub import constants
 
     with HubServer(tmp_path / "hub-server") as server:
         monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))

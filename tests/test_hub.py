@@ -255,3 +255,24 @@ def test_card_templates_ship_inside_the_package():
     templates = Path(hf_vit.__file__).parent / "model_cards"
     assert sorted(p.name for p in templates.glob("*.md")) == ["hybrid.md", "vit.md"]
     assert (ROOT / "model_cards" / "vit.md").read_text() == (templates / "vit.md").read_text()
+
+
+def test_the_test_hub_answers_as_the_client_expects(hub):
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
+
+    api = HfApi()
+    assert api.whoami()["name"] == "tester"
+    repo = api.create_repo("org/checks").repo_id
+    with pytest.raises(ValueError, match="needs type and value"):
+        api.upload_file(
+            path_or_fileobj=b"---\nmodel-index:\n- name: x\n  results:\n  - task: {type: t}\n    dataset: {type: d}\n"
+            b"    metrics: [{type: accuracy}]\n---\n",
+            path_in_repo="README.md",
+            repo_id=repo,
+        )
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download(repo, "missing.json")
+    with pytest.raises(RevisionNotFoundError):
+        hf_hub_download(repo, ".gitattributes", revision="no-such-branch")
+    assert [ref.name for ref in api.list_repo_refs(repo).branches] == ["main"]
