@@ -151,9 +151,11 @@ def saved_folder(tmp_path) -> Path:
 
 def test_cli_pushes_a_folder_to_a_branch_and_fails_in_one_line(hub, saved_folder, tmp_path, capsys, monkeypatch):
     before = digests(saved_folder)
-    assert push_to_hub.main(["--model", str(saved_folder), "--repo-id", "org/from-folder", "--revision", "dev"]) == 0
+    argv = ["--model", str(saved_folder), "--repo-id", "org/from-folder", "--revision", "dev", "--private"]
+    assert push_to_hub.main(argv) == 0
     assert capsys.readouterr().out.startswith(f"Pushed {saved_folder} to org/from-folder (dev) at commit ")
     api = HfApi()
+    assert api.model_info("org/from-folder").private
     files = set(api.list_repo_files("org/from-folder", revision="dev"))
     assert {"model.safetensors", "modeling.py", "preprocessor_config.json", "README.md"} <= files
     assert not {"train_log.jsonl", "training_args.bin", "checkpoint-10/optimizer.bin"} & files, "only the model goes"
