@@ -61,19 +61,14 @@ def check_folder(folder: Path) -> dict[str, Any]:
     return config
 
 
-def _operations(folder: Path, card: str | None, processor: BaseImageProcessor | None) -> list[CommitOperationAdd]:
-    """Additions for the shared files of `folder`, plus a card and a processor config given as text."""
+def _operations(folder: Path, generated: dict[str, bytes]) -> list[CommitOperationAdd]:
+    """Additions for the shared files of `folder`, where `generated` files (a card, a processor) take precedence."""
     operations = [
         CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path))
         for path in sorted(folder.iterdir())
-        if path.is_file() and _matches(path.name, SHARED_PATTERNS) and not (card and path.name == "README.md")
+        if path.is_file() and _matches(path.name, SHARED_PATTERNS) and path.name not in generated
     ]
-    if card:
-        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
-    if processor is not None:
-        text = processor.to_json_string().encode()
-        operations.append(CommitOperationAdd(path_in_repo="preprocessor_config.json", path_or_fileobj=text))
-    return operations
+    return operations + [CommitOperationAdd(path_in_repo=n, path_or_fileobj=b) for n, b in generated.items()]
 
 
 def _stale_weights(api: HfApi, repo_id: str, revision: str | None, keep: set[str]) -> list[CommitOperationDelete]:
@@ -95,9 +90,9 @@ def _reason(error: Exception, endpoint: str) -> str:
 
 
 def _is_hub_failure(error: Exception) -> bool:
-    """HTTP errors, and network errors of whichever HTTP library huggingface_hub uses."""
+    """HTTP errors, offline mode, and network errors of whichever HTTP library huggingface_hub uses."""
     root_module = type(error).__module__.split(".")[0]
-    return isinstance(error, (HfHubHTTPError, OSError)) or root_module in NETWORK_MODULES
+    return isinstance(error, (HfHubHTTPError, ConnectionError, TimeoutError)) or root_module in NETWORK_MODULES
 
 
 def push_model(
@@ -124,26 +119,27 @@ def push_model(
     the Hub refuses the push or cannot be reached.
     """
     api = HfApi(token=token)
+    generated: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory() as staging:
         if isinstance(folder_or_model, PreTrainedModel):
             folder, model_or_config = Path(staging), folder_or_model
-            model_or_config.save_pretrained(folder)
-            (processor or create_image_processor(model_or_config.config)).save_pretrained(folder)
-            processor = None
+            folder_or_model.save_pretrained(folder)
+            (processor or create_image_processor(folder_or_model.config)).save_pretrained(folder)
             card_kwargs.setdefault("source", "Pushed from Python with hf_vit.")
+            check_folder(folder)
         else:
             folder = Path(folder_or_model)
             check_folder(folder)
             model_or_config = AutoConfig.from_pretrained(folder)
-            if processor is None and not (folder / "preprocessor_config.json").exists():
-                processor = create_image_processor(model_or_config)
+            if processor is not None or not (folder / "preprocessor_config.json").exists():
+                processor = processor or create_image_processor(model_or_config)
+                generated["preprocessor_config.json"] = processor.to_json_string().encode()
             if not card_kwargs and not (folder / "README.md").exists():
                 card_kwargs["source"] = DEFAULT_SOURCE
-        card = None
         if card_kwargs:
             card_kwargs.setdefault("model_id", repo_id)
-            card = str(render_model_card(model_or_config, **card_kwargs))
-        operations = _operations(folder, card, processor)
+            generated["README.md"] = str(render_model_card(model_or_config, **card_kwargs)).encode()
+        operations = _operations(folder, generated)
         message = commit_message or f"Upload {type(model_or_config).__name__.removesuffix('Config')} with hf_vit"
         try:
             repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
