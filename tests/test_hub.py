@@ -4,6 +4,7 @@ The Hub is tests/hub_server.py on 127.0.0.1, spoken to by the unmodified hugging
 """
 
 import hashlib
+import json
 import socket
 import subprocess
 import sys
@@ -278,3 +279,22 @@ def test_the_test_hub_answers_as_the_client_expects(hub):
     with pytest.raises(RevisionNotFoundError):
         hf_hub_download(repo, ".gitattributes", revision="no-such-branch")
     assert [ref.name for ref in api.list_repo_refs(repo).branches] == ["main"]
+
+
+@pytest.mark.slow
+def test_pretrain_pushes_its_output_folder_with_its_card(hub, tmp_path):
+    out = tmp_path / "run"
+    overrides = "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,intermediate_size=64,patch_size=4"
+    command = [sys.executable, "scripts/pretrain.py", "--config-overrides", overrides, "--image-size", "8"]
+    command += ["--max-steps", "2", "--per-device-batch-size", "8", "--output-dir", str(out)]
+    env = {**hub.env(tmp_path / "home"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [*command, "--push-to-hub", "org/digits"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    accuracy = json.loads((out / "all_results.json").read_text())["eval_accuracy"]
+    api = HfApi()
+    assert {"model.safetensors", "modeling.py", "preprocessor_config.json"} <= set(api.list_repo_files("org/digits"))
+    card = (out / "README.md").read_text()
+    assert Path(api.hf_hub_download("org/digits", "README.md", cache_dir=tmp_path / "cache")).read_text() == card
+    assert f"value: {accuracy}" in card and "Pre-trained from scratch with hf_vit's `scripts/pretrain.py`" in card
