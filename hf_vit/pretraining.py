@@ -11,6 +11,7 @@ import ast
 import json
 import math
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -18,10 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from huggingface_hub import ModelCard
 from torch.nn import functional as F
 
 from .configuration import to_pair
 from .data import Collate, ImageData, ImageSamples, StreamedImages, build_transforms, is_digits, load_image_data
+from .hub import push_model
+from .model_card import render_model_card
 from .modeling import VisionTransformerForMaskedPatchPrediction, mean_colour_classes
 from .presets import create_config, resolve_preset
 from .processing import create_image_processor
@@ -29,6 +33,7 @@ from .processing import create_image_processor
 PAPER_RUN_STEPS = 300_000  # ~90 epochs of ImageNet-21k at batch 4096, over which the paper warms up 10k steps
 PAPER_WARMUP_STEPS = 10_000
 STATE_FILE = "trainer_state.json"
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # a Hub dataset id rather than files
 
 
 class NonFiniteLossError(RuntimeError):
@@ -483,18 +488,29 @@ class Trainer:
         processor = create_image_processor(model.config)
         processor.save_pretrained(self.output_dir)
         (self.output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
-        (self.output_dir / "README.md").write_text(self._card(model, results))
+        self._card(model, results).save(self.output_dir / "README.md")
         if self.args.push_to_hub:
-            model.push_to_hub(self.args.push_to_hub)
-            processor.push_to_hub(self.args.push_to_hub)
+            push_model(self.output_dir, self.args.push_to_hub)
 
-    def _card(self, model, results: dict[str, float]) -> str:
-        config = model.config
-        return (
-            f"---\nlibrary_name: transformers\npipeline_tag: image-classification\ntags: [vision, vit, hf_vit]\n---\n\n"
-            f"# {self.args.model} pre-trained with hf_vit\n\n"
-            f"Objective: {self.args.objective}; dataset: {self.args.dataset}; {self.step} updates at "
-            f"{config.image_size} px. Held-out accuracy {results['eval_accuracy']:.4f}, loss "
-            f"{results['eval_loss']:.4f}.\n\nLoad with `AutoModelForImageClassification.from_pretrained(path, "
-            "trust_remote_code=True)`.\n"
+    def _card(self, model, results: dict[str, float]) -> ModelCard:
+        """What was trained on what, for how long, and how well it did on the held-out data."""
+        args = self.args
+        dataset = "scikit-learn's digits" if is_digits(args) else args.dataset
+        objective = "image classification" if args.objective == "classification" else "masked patch prediction"
+        height, width = to_pair(model.config.image_size)
+        source = (
+            f"Pre-trained from scratch with hf_vit's `scripts/pretrain.py` on {dataset} ({objective}): {self.step} "
+            f"updates of {args.per_device_batch_size * args.gradient_accumulation_steps} images per device at "
+            f"{height}×{width} px, peak learning rate {args.learning_rate:g}, weight decay {args.weight_decay:g}. "
+            f"Held-out loss {results['eval_loss']:.4f}."
+        )
+        on_hub = not is_digits(args) and HUB_ID.fullmatch(args.dataset) and not Path(args.dataset).exists()
+        return render_model_card(
+            model,
+            source=source,
+            model_id=args.push_to_hub or str(self.output_dir),
+            datasets=[args.dataset] if on_hub else None,
+            results={"accuracy": results["eval_accuracy"]} if args.objective == "classification" else None,
+            results_dataset=dataset,
+            results_split=args.eval_split or "held-out",
         )

@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from hf_vit.data import add_data_arguments
+from hf_vit.hub import HubError
 from hf_vit.pretraining import NonFiniteLossError, Trainer, add_training_arguments
 
 
@@ -21,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
         results = trainer.train()
     except (NonFiniteLossError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except HubError as error:
+        print(f"error: {error} (the trained model is saved in {args.output_dir})", file=sys.stderr)
         return 1
     trainer.print(
         f"held-out accuracy {results['eval_accuracy']:.4f} (loss {results['eval_loss']:.4f}) after "

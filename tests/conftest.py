@@ -48,10 +48,13 @@ def photo() -> Image.Image:
     return Image.fromarray(load_sample_image("china.jpg"))
 
 
-def run_without_hf_vit(code: str, cwd: Path, timeout: int = 600) -> dict:
-    """Run `code` in a fresh Python process where `import hf_vit` fails; it prints one JSON line, returned here."""
+def run_without_hf_vit(code: str, cwd: Path, timeout: int = 600, env: dict[str, str] | None = None) -> dict:
+    """Run `code` in a fresh Python process where `import hf_vit` fails; it prints one JSON line, returned here.
+
+    The process is offline unless `env` (merged over this process's environment) says otherwise, e.g. `hub.env(...)`.
+    """
     prelude = "import sys\nsys.modules['hf_vit'] = None  # make the package unimportable\n"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | (env or {})
     env["HF_HUB_OFFLINE"] = env.get("HF_HUB_OFFLINE", "1")
     result = subprocess.run(
         [sys.executable, "-c", prelude + textwrap.dedent(code)],
@@ -63,6 +66,27 @@ def run_without_hf_vit(code: str, cwd: Path, timeout: int = 600) -> dict:
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A Hub on 127.0.0.1 (tests/hub_server.py) for this process and for subprocesses given `hub.env(home)`.
+
+    huggingface_hub reads its endpoint (and the download URL made from it), Xet and offline switches at import, so
+    they are patched in its constants here.
+    """
+    from hub_server import HubServer
+    from huggingface_hub import constants
+
+    with HubServer(tmp_path / "hub-server") as server:
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+        yield server
 
 
 def to_pixels(image: Image.Image, size: int) -> torch.Tensor:

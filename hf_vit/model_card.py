@@ -1,0 +1,172 @@
+"""Model cards (README.md) for saved and shared models, rendered from the templates in `hf_vit/model_cards/`.
+
+The pre-training, fine-tuning and conversion code call `render_model_card` to write README.md next to the weights;
+`hf_vit.hub.push_model` writes one when a folder has none.
+"""
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from transformers import AutoModel, AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
+
+from .configuration import to_pair
+from .presets import PRESETS
+
+TEMPLATES = Path(__file__).parent / "model_cards"
+TAGS = ["vision-transformer", "image-classification", "hf_vit", "custom_code"]
+# Preset fields that are not architecture: a fine-tuned ViT-B/16 at 384 px with 10 classes is still "ViT-B/16".
+ACTIVATIONS = {"gelu": "exact GELU", "gelu_pytorch_tanh": "GELU (tanh approximation, as the official JAX models)"}
+RESIZES = {"official": "bilinearly with aligned corners (the official code)", "bicubic": "bicubically (as timm)"}
+NOT_ARCHITECTURE = {"num_labels", "image_size", "hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"}
+
+
+def _plain(value: Any) -> Any:
+    """Tuples and lists compare equal after this (configs store pairs as lists once saved)."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def find_preset(config: PretrainedConfig) -> str | None:
+    """The paper's name of the architecture (e.g. "ViT-B/16"), or None for a custom one."""
+    for name, (config_class, fields) in PRESETS.items():
+        if type(config) is not config_class:
+            continue
+        architecture = {k: v for k, v in fields.items() if k not in NOT_ARCHITECTURE}
+        if all(_plain(getattr(config, k, None)) == _plain(v) for k, v in architecture.items()):
+            return name
+    return None
+
+
+def is_hybrid(config: PretrainedConfig) -> bool:
+    return getattr(config, "resnet_layers", None) is not None
+
+
+def is_classifier(model_or_config: PreTrainedModel | PretrainedConfig) -> bool:
+    """Whether it is (or its saved `architectures` name) an image classifier rather than a bare encoder."""
+    if isinstance(model_or_config, PreTrainedModel):
+        return type(model_or_config).__name__.endswith("ForImageClassification")
+    architectures = getattr(model_or_config, "architectures", None) or ["ForImageClassification"]
+    return architectures[0].endswith("ForImageClassification")
+
+
+def count_parameters(model_or_config: PreTrainedModel | PretrainedConfig) -> int:
+    """Parameters of the model, or of the model a config builds (on the meta device: no memory, no init)."""
+    if isinstance(model_or_config, PreTrainedModel):
+        return sum(p.numel() for p in model_or_config.parameters())
+    auto_class = AutoModelForImageClassification if is_classifier(model_or_config) else AutoModel
+    with torch.device("meta"):
+        model = auto_class.from_config(model_or_config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _size(value) -> str:
+    height, width = to_pair(value)
+    return f"{height}×{width}"
+
+
+def _eval_results(results: Mapping[str, float], dataset: str, split: str) -> list[EvalResult]:
+    return [
+        EvalResult(
+            task_type="image-classification",
+            task_name="Image Classification",
+            dataset_type=dataset,
+            dataset_name=dataset,
+            dataset_split=split,
+            metric_type=metric,
+            metric_name=metric,
+            metric_value=float(value),
+        )
+        for metric, value in results.items()
+    ]
+
+
+def render_model_card(
+    model_or_config: PreTrainedModel | PretrainedConfig,
+    *,
+    source: str,
+    model_id: str | None = None,
+    datasets: str | list[str] | None = None,
+    base_model: str | None = None,
+    results: Mapping[str, float] | None = None,
+    results_dataset: str | None = None,
+    results_split: str = "validation",
+    license: str = "apache-2.0",
+) -> ModelCard:
+    """The model card of a ViT or hybrid: Hub metadata, architecture, origin, evaluation, usage, limits, citation.
+
+    Args:
+        model_or_config: the model (its parameters are counted) or its config (counted on the meta device).
+        source: one or more sentences on where the weights come from, e.g. "Pre-trained from scratch on ... for
+            N steps with hf_vit's scripts/pretrain.py" or "Converted from the official checkpoint ...".
+        model_id: the Hub repo id (or folder) that the loading examples use.
+        datasets: Hub dataset ids (or names) the model was trained on.
+        base_model: the Hub id of the model it was fine-tuned or converted from.
+        results: metric name -> value (e.g. {"accuracy": 0.81}), written as the card's `model-index`.
+        results_dataset: the dataset those results are on; defaults to the first of `datasets`.
+        results_split: the split those results are on.
+        license: an SPDX-style license id for the weights.
+    """
+    config = model_or_config if isinstance(model_or_config, PretrainedConfig) else model_or_config.config
+    datasets = [datasets] if isinstance(datasets, str) else list(datasets or [])
+    results = dict(results or {})
+    results_dataset = results_dataset or (datasets[0] if datasets else None)
+    if results and results_dataset is None:
+        raise ValueError("results need the dataset they were measured on: pass datasets=[...] or results_dataset=.")
+    classifier = is_classifier(model_or_config)
+    task = "image-classification" if classifier else "image-feature-extraction"
+    preset = find_preset(config)
+    family = "ResNet+ViT hybrid" if is_hybrid(config) else "ViT"
+    architecture_name = preset or f"Custom {family}"
+    model_name = (model_id or preset or family).rstrip("/").split("/")[-1]
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag=task,
+        tags=TAGS + (["hybrid", "resnet"] if is_hybrid(config) else []) + ([] if classifier else [task]),
+        license=license,
+        datasets=datasets or None,
+        base_model=base_model,
+        model_name=model_name if results else None,
+        eval_results=_eval_results(results, results_dataset, results_split) if results else None,
+        metrics=list(results) or None,
+    )
+    params = count_parameters(model_or_config)
+    grid = config.grid_size
+    labels = [config.id2label[i] for i in sorted(config.id2label)] if classifier else []
+    facts = {
+        "title": model_id or architecture_name,
+        "model_id": model_id or "path/to/model",
+        "architecture_name": architecture_name,
+        "task": task,
+        "auto_class": "AutoModelForImageClassification" if classifier else "AutoModel",
+        "params": params,
+        "params_text": f"{params / 1e6:.1f} M" if params >= 100_000 else f"{params:,}",
+        "image_size": _size(config.image_size),
+        "patch_size": _size(config.patch_size),
+        "token_stride": _size(config.token_stride),
+        "grid": f"{grid[0]}×{grid[1]}",
+        "num_tokens": grid[0] * grid[1] + (1 if config.classifier == "token" else 0),
+        "num_labels": len(labels),
+        "labels_preview": ", ".join(labels[:10]) + (f", … ({len(labels)} in all)" if len(labels) > 10 else ""),
+        "results": [
+            {"dataset": results_dataset, "split": results_split, "metric": k, "value": f"{v:.4g}"}
+            for k, v in results.items()
+        ],
+        "source": source.strip(),
+        "datasets": datasets,
+        "base_model": base_model,
+        **{k: getattr(config, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers")},
+        **{k: getattr(config, k) for k in ("num_attention_heads", "num_channels", "classifier")},
+        "representation_size": config.representation_size,
+        "activation": ACTIVATIONS.get(config.hidden_act, config.hidden_act),
+        "pos_embed_resize": RESIZES[config.pos_embed_interpolation],
+    }
+    if is_hybrid(config):
+        facts |= {
+            "resnet_layers": "/".join(map(str, config.resnet_layers)),
+            "resnet_width_factor": config.resnet_width_factor,
+            "resnet_stride": config.resnet_stride,
+        }
+    template = TEMPLATES / ("hybrid.md" if is_hybrid(config) else "vit.md")
+    return ModelCard.from_template(card_data, template_path=str(template), **facts)
