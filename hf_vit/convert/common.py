@@ -82,7 +82,7 @@ class KeyReader:
     def __contains__(self, key: str) -> bool:
         return key in self.arrays
 
-    def keys(self) -> list[str]:
+    def names(self) -> list[str]:
         return list(self.arrays)
 
     def take(self, key: str, ndim: int | None = None) -> Any:
@@ -201,7 +201,10 @@ def adapt(
             raise ConversionError(f"Cannot resize to {image_size}: {error}") from None
         prefix = 1 if config.classifier == "token" else 0
         method = config.pos_embed_interpolation
-        state[POS_EMBED_KEY] = resize_pos_embed(state[POS_EMBED_KEY], old_grid, config.grid_size, prefix, method)
+        # In float64, so the only error left is the final rounding to float32 (scipy's zoom is float64 too).
+        pos_embed = state[POS_EMBED_KEY].to(torch.float64)
+        pos_embed = resize_pos_embed(pos_embed, old_grid, config.grid_size, prefix, method)
+        state[POS_EMBED_KEY] = pos_embed.to(torch.float32)
         notes.append(
             f"Position embeddings resized from {old_size[0]}x{old_size[1]} px ({old_grid[0]}x{old_grid[1]} tokens) "
             f"to {to_pair(image_size)[0]}x{to_pair(image_size)[1]} px ({config.grid_size[0]}x{config.grid_size[1]} "

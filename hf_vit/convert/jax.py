@@ -59,7 +59,7 @@ def normalise_keys(params: dict[str, np.ndarray], what: str) -> dict[str, np.nda
     for key, value in params.items():
         name = key
         while name.startswith(PREFIXES):
-            name = name.split("/", 1)[1]
+            name = name[len(next(prefix for prefix in PREFIXES if name.startswith(prefix))) :]
         if name in flat:
             raise ConversionError(f"{what} holds {name!r} twice (with and without a prefix).")
         flat[name] = value
@@ -78,7 +78,7 @@ def hwio_to_oihw(kernel: np.ndarray) -> np.ndarray:
 
 def encoder_modules(reader: KeyReader, index: int, what: str) -> tuple[str, str, str, str]:
     """Names of (first LayerNorm, attention, second LayerNorm, MLP) in block `index`, whatever the Flax numbering."""
-    modules = {match.group(2) for key in reader.keys() if (match := BLOCK.match(key)) and int(match.group(1)) == index}
+    modules = {match.group(2) for key in reader.names() if (match := BLOCK.match(key)) and int(match.group(1)) == index}
 
     def numbered(kind: str) -> list[str]:
         return sorted((name for name in modules if name.startswith(kind + "_")), key=lambda n: int(n.rsplit("_", 1)[1]))
@@ -94,11 +94,11 @@ def encoder_modules(reader: KeyReader, index: int, what: str) -> tuple[str, str,
 
 def convert_encoder(reader: KeyReader, state: dict[str, Any], what: str) -> dict[str, int]:
     """Map the encoder blocks and final norm; return the sizes read off them."""
-    indices = sorted({int(match.group(1)) for key in reader.keys() if (match := BLOCK.match(key))})
+    indices = sorted({int(match.group(1)) for key in reader.names() if (match := BLOCK.match(key))})
     if not indices:
         raise ConversionError(
             f"{what} has no Transformer/encoderblock_N keys, so it is not a ViT checkpoint "
-            f"(its first keys: {', '.join(sorted(reader.keys())[:5]) or 'none'})."
+            f"(its first keys: {', '.join(sorted(reader.names())[:5]) or 'none'})."
         )
     if indices != list(range(len(indices))):
         raise ConversionError(f"{what}: encoder blocks are numbered {indices}, expected 0 to {len(indices) - 1}.")
@@ -160,7 +160,7 @@ def convert_resnet(reader: KeyReader, state: dict[str, Any], what: str) -> dict[
     state[BACKBONE + "stem.conv.weight"] = hwio_to_oihw(root)
     norm("gn_root", BACKBONE + "stem.norm")
     units: dict[int, set[int]] = {}
-    for key in reader.keys():
+    for key in reader.names():
         if match := UNIT.match(key):
             units.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
     if sorted(units) != list(range(1, len(units) + 1)):
@@ -186,7 +186,7 @@ def convert_resnet(reader: KeyReader, state: dict[str, Any], what: str) -> dict[
 def convert_jax_params(params: dict[str, np.ndarray], preset: str | None = None, what: str = "JAX checkpoint"):
     """Convert a flat {name: array} of Flax parameters (names joined by '/') into our config and weights."""
     reader = KeyReader(normalise_keys(params, what), what)
-    if any(key.startswith("MAPHead") for key in reader.keys()):
+    if any(key.startswith("MAPHead") for key in reader.names()):
         raise ConversionError(f"{what} pools with a MAP head (MAPHead_*), which hf_vit does not implement.")
     state: dict[str, Any] = {}
     fields: dict[str, Any] = convert_encoder(reader, state, what)

@@ -87,13 +87,13 @@ def convert_resnet(reader: KeyReader, state: dict[str, Any]) -> dict[str, Any]:
     for name in ("weight", "bias"):
         state[BACKBONE + f"stem.norm.{name}"] = reader.take(stem + f"norm.{name}")
     units: dict[int, set[int]] = {}
-    for key in reader.keys():
+    for key in reader.names():
         if match := STAGE_UNIT.match(key):
             units.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
     for stage, indices in sorted(units.items()):
         for unit in sorted(indices):
             source = f"patch_embed.backbone.stages.{stage}.blocks.{unit}."
-            for key in [key for key in reader.keys() if key.startswith(source)]:
+            for key in [key for key in reader.names() if key.startswith(source)]:
                 state[f"{BACKBONE}stages.{stage}.{unit}.{key[len(source) :]}"] = reader.take(key)
     return {
         "resnet_layers": [len(units[stage]) for stage in sorted(units)],
@@ -113,7 +113,7 @@ def convert_timm_state_dict(
     if "patch_embed.proj.weight" not in reader:
         raise ConversionError(
             f"{what} has no 'patch_embed.proj.weight', so it is not a timm VisionTransformer "
-            f"(its first keys: {', '.join(sorted(reader.keys())[:5])})."
+            f"(its first keys: {', '.join(sorted(reader.names())[:5])})."
         )
     if "reg_token" in reader:
         raise ConversionError(f"{what} has register tokens (reg_token), which hf_vit does not implement.")
@@ -128,7 +128,7 @@ def convert_timm_state_dict(
     hidden, _, patch_h, patch_w = shape_of(projection)
     state["vit.embeddings.patch_embeddings.projection.weight"] = projection
     state["vit.embeddings.patch_embeddings.projection.bias"] = reader.take("patch_embed.proj.bias")
-    if any(key.startswith("patch_embed.backbone.") for key in reader.keys()):
+    if any(key.startswith("patch_embed.backbone.") for key in reader.names()):
         fields.update(convert_resnet(reader, state))
     token = "cls_token" in reader
     if token:
@@ -140,12 +140,12 @@ def convert_timm_state_dict(
         pos_embed = torch.cat([torch.zeros_like(pos_embed[:, :1]), pos_embed], dim=1)
     grid_h, grid_w = square_grid(pos_embed.shape[1] - int(token), what)
     state["vit.embeddings.position_embeddings"] = pos_embed
-    indices = sorted({int(match.group(1)) for key in reader.keys() if (match := BLOCK.match(key))})
+    indices = sorted({int(match.group(1)) for key in reader.names() if (match := BLOCK.match(key))})
     if indices != list(range(len(indices))) or not indices:
         raise ConversionError(f"{what}: transformer blocks are numbered {indices}, expected 0 to N-1.")
     for index in indices:
         source = f"blocks.{index}."
-        for key in [key for key in reader.keys() if key.startswith(source)]:
+        for key in [key for key in reader.names() if key.startswith(source)]:
             state[f"vit.layers.{index}.{key[len(source) :]}".replace(".attn.", ".attention.")] = reader.take(key)
     for name in ("weight", "bias"):
         state[f"vit.norm.{name}"] = reader.take(f"norm.{name}")

@@ -108,7 +108,7 @@ def convert_transformers_folder(
         )
     if "embeddings.mask_token" in reader:
         reader.skip("embeddings.mask_token")  # only used for masked image modeling
-    indices = sorted({int(match.group(1)) for key in reader.keys() if (match := LAYER.match(key))})
+    indices = sorted({int(match.group(1)) for key in reader.names() if (match := LAYER.match(key))})
     if indices != list(range(source_config.num_hidden_layers)):
         raise ConversionError(
             f"{what}: config.json says {source_config.num_hidden_layers} layers but the weights hold layers "
@@ -125,7 +125,7 @@ def convert_transformers_folder(
                     f"{what}: layer {index} has query/key/value {suffix}s of shapes {sorted(shapes)}."
                 )
             state[f"{ours}attention.qkv.{suffix}"] = torch.cat(parts, dim=0)
-        for source in [key for key in reader.keys() if key.startswith(layer) and key not in reader.used]:
+        for source in [key for key in reader.names() if key.startswith(layer) and key not in reader.used]:
             state[ours + source[len(layer) :]] = reader.take(source)
     for suffix in ("weight", "bias"):
         state[f"vit.norm.{suffix}"] = reader.take(f"layernorm.{suffix}")
