@@ -6,12 +6,18 @@ saved with their code (`auto_map`), so saved folders load anywhere with `trust_r
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-from .configuration import VisionTransformerConfig
+from .configuration import HybridVisionTransformerConfig, VisionTransformerConfig
 from .modeling import (
     VisionTransformerForImageClassification,
     VisionTransformerForMaskedPatchPrediction,
     VisionTransformerModel,
     VisionTransformerPreTrainedModel,
+)
+from .modeling_hybrid import (
+    HybridVisionTransformerForImageClassification,
+    HybridVisionTransformerForMaskedPatchPrediction,
+    HybridVisionTransformerModel,
+    HybridVisionTransformerPreTrainedModel,
 )
 from .pos_embed import resize_pos_embed
 from .presets import create_config, create_model, list_presets
@@ -30,8 +36,14 @@ def _register(config_class, model_class, classification_class) -> None:
 
 
 _register(VisionTransformerConfig, VisionTransformerModel, VisionTransformerForImageClassification)
+_register(HybridVisionTransformerConfig, HybridVisionTransformerModel, HybridVisionTransformerForImageClassification)
 
 __all__ = [
+    "HybridVisionTransformerConfig",
+    "HybridVisionTransformerForImageClassification",
+    "HybridVisionTransformerForMaskedPatchPrediction",
+    "HybridVisionTransformerModel",
+    "HybridVisionTransformerPreTrainedModel",
     "VisionTransformerConfig",
     "VisionTransformerForImageClassification",
     "VisionTransformerForMaskedPatchPrediction",

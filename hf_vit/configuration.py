@@ -111,8 +111,8 @@ class VisionTransformerConfig(PretrainedConfig):
         step_h, step_w = self.token_stride
         if height % step_h or width % step_w:
             raise ValueError(
-                f"image_size ({height}x{width}) must be divisible by the token stride ({step_h}x{step_w}, from "
-                "patch_size): change image_size or patch_size."
+                f"image_size ({height}x{width}) must be divisible by the token stride ({step_h}x{step_w} pixels per "
+                "token): change image_size or patch_size."
             )
         if self.classifier not in CLASSIFIERS:
             raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {self.classifier!r}.")
@@ -131,3 +131,52 @@ class VisionTransformerConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
         if self.representation_size is not None and self.representation_size <= 0:
             raise ValueError(f"representation_size must be positive or None, got {self.representation_size}.")
+
+
+class HybridVisionTransformerConfig(VisionTransformerConfig):
+    r"""Configuration of the ResNet+ViT hybrid: a BiT ResNet turns the image into the feature map that is tokenised.
+
+    Takes every field of `VisionTransformerConfig`; `patch_size` now cuts the ResNet's feature map (1 for the paper's
+    hybrids), so one token covers `token_stride` = ResNet stride × patch size pixels.
+
+    Args:
+        resnet_layers: bottleneck units per ResNet stage, e.g. (3, 4, 9) for the R50 trunk of R50+ViT-B/16;
+            `()` keeps only the stem (7×7 convolution and max-pool, stride 4).
+        resnet_width_factor: multiplies every ResNet width (64 channels in the stem).
+    """
+
+    model_type = "hf_vit_hybrid"
+
+    def __init__(
+        self,
+        resnet_layers: tuple[int, ...] | list[int] = (3, 4, 9),
+        resnet_width_factor: int = 1,
+        patch_size: int | tuple[int, int] = 1,
+        **kwargs,
+    ):
+        self.resnet_layers = [int(units) for units in resnet_layers]
+        self.resnet_width_factor = resnet_width_factor
+        super().__init__(patch_size=patch_size, **kwargs)
+
+    @property
+    def resnet_stride(self) -> int:
+        """Stride of the ResNet: 4 from the stem, then 2 for every stage after the first."""
+        return 4 * 2 ** max(len(self.resnet_layers) - 1, 0)
+
+    @property
+    def resnet_channels(self) -> int:
+        """Channels of the feature map that the ResNet hands to the patch projection."""
+        width = 64 * self.resnet_width_factor
+        return 4 * width * 2 ** (len(self.resnet_layers) - 1) if self.resnet_layers else width
+
+    @property
+    def token_stride(self) -> tuple[int, int]:
+        patch_h, patch_w = to_pair(self.patch_size)
+        return patch_h * self.resnet_stride, patch_w * self.resnet_stride
+
+    def check(self) -> None:
+        if any(units < 1 for units in self.resnet_layers):
+            raise ValueError(f"resnet_layers must hold positive unit counts per stage, got {self.resnet_layers}.")
+        if not isinstance(self.resnet_width_factor, int) or self.resnet_width_factor < 1:
+            raise ValueError(f"resnet_width_factor must be a positive integer, got {self.resnet_width_factor!r}.")
+        super().check()

@@ -217,6 +217,8 @@ class VisionTransformerPreTrainedModel(PreTrainedModel):
     config_class = VisionTransformerConfig
     config: VisionTransformerConfig
     patch_embeddings_class: type[nn.Module] = PatchEmbeddings
+    # The bare encoder the task models wrap; set below, once it is defined (the hybrid sets its own).
+    encoder_class: type[PreTrainedModel]
     base_model_prefix = "vit"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
@@ -278,15 +280,11 @@ class VisionTransformerPreTrainedModel(PreTrainedModel):
 class VisionTransformerModel(VisionTransformerPreTrainedModel):
     """The bare encoder: `last_hidden_state` after the final norm, `pooler_output` the pooled (pre-logits) feature."""
 
-    def __init__(
-        self,
-        config: VisionTransformerConfig,
-        use_mask_token: bool = False,
-        patch_embeddings_class: type[nn.Module] | None = None,
-    ):
+    output_class = BaseModelOutputWithPooling
+
+    def __init__(self, config: VisionTransformerConfig, use_mask_token: bool = False):
         super().__init__(config)
-        patch_embeddings = (patch_embeddings_class or self.patch_embeddings_class)(config)
-        self.embeddings = VisionTransformerEmbeddings(config, patch_embeddings, use_mask_token)
+        self.embeddings = VisionTransformerEmbeddings(config, self.patch_embeddings_class(config), use_mask_token)
         depth = config.num_hidden_layers
         rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.layers = nn.ModuleList([VisionTransformerLayer(config, rate) for rate in rates])
@@ -329,7 +327,10 @@ class VisionTransformerModel(VisionTransformerPreTrainedModel):
         pooled = self.pool(sequence_output)
         if self.pre_logits is not None:
             pooled = self.pre_logits(pooled)
-        return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled)
+        return self.output_class(last_hidden_state=sequence_output, pooler_output=pooled)
+
+
+VisionTransformerPreTrainedModel.encoder_class = VisionTransformerModel
 
 
 class VisionTransformerForImageClassification(VisionTransformerPreTrainedModel):
@@ -338,7 +339,7 @@ class VisionTransformerForImageClassification(VisionTransformerPreTrainedModel):
     def __init__(self, config: VisionTransformerConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.vit = VisionTransformerModel(config, patch_embeddings_class=self.patch_embeddings_class)
+        self.vit = self.encoder_class(config)
         width = config.representation_size or config.hidden_size
         self.classifier = nn.Linear(width, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
@@ -388,9 +389,7 @@ class VisionTransformerForMaskedPatchPrediction(VisionTransformerPreTrainedModel
         super().__init__(config)
         self.mask_ratio = mask_ratio
         self.colour_bits = colour_bits
-        self.vit = VisionTransformerModel(
-            config, use_mask_token=True, patch_embeddings_class=self.patch_embeddings_class
-        )
+        self.vit = self.encoder_class(config, use_mask_token=True)
         self.head = nn.Linear(config.hidden_size, 2 ** (colour_bits * config.num_channels))
         self.post_init()
 

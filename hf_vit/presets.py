@@ -4,7 +4,7 @@ from typing import Any
 
 from transformers import AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
 
-from .configuration import VisionTransformerConfig
+from .configuration import HybridVisionTransformerConfig, VisionTransformerConfig
 
 # Widths from Table 1 of the paper; "-Ti" and "-S" from the AugReg follow-up that the official repo ships.
 WIDTHS: dict[str, dict[str, int]] = {
@@ -38,6 +38,24 @@ for _width, _patch, _dropout in [
     register_preset(
         f"ViT-{_width}/{_patch}",
         VisionTransformerConfig,
+        patch_size=_patch,
+        hidden_dropout_prob=_dropout,
+        **WIDTHS[_width],
+    )
+
+# The paper's hybrids (Table 6) and the AugReg R+Ti/16: a ResNet stride times a patch size of 1 (8 for the stem-only
+# R+Ti, whose tokens cover 32 pixels).
+for _name, _width, _layers, _patch, _dropout in [
+    ("R50+ViT-B/16", "B", (3, 4, 9), 1, 0.1),
+    ("R26+ViT-B/32", "B", (2, 2, 2, 2), 1, 0.0),
+    ("R26+ViT-S/32", "S", (2, 2, 2, 2), 1, 0.0),
+    ("R50+ViT-L/32", "L", (3, 4, 6, 3), 1, 0.1),
+    ("R+ViT-Ti/16", "Ti", (), 8, 0.0),
+]:
+    register_preset(
+        _name,
+        HybridVisionTransformerConfig,
+        resnet_layers=_layers,
         patch_size=_patch,
         hidden_dropout_prob=_dropout,
         **WIDTHS[_width],

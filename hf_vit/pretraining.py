@@ -263,6 +263,9 @@ class Trainer:
             self.load_checkpoint(resolve_checkpoint(args.resume_from_checkpoint, self.output_dir))
         accelerator.init_trackers("hf_vit_pretrain", config={k: str(v) for k, v in vars(args).items()})
         device = accelerator.device
+        accelerator.print(
+            f"Training on {device} ({accelerator.distributed_type.value}, {accelerator.num_processes} processes)."
+        )
         running = torch.zeros((), device=device)
         finite = torch.ones((), dtype=torch.bool, device=device)
         running_count = 0
