@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +225,37 @@ def test_labels_files(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+HYBRID_LAYOUTS = {
+    "r_1_1_released": ({"resnet_layers": (1, 1), "patch": 1, "grid": 8}, lambda p: p),
+    "r_2_old_group_norm": ({"resnet_layers": (2,), "patch": 1, "grid": 16}, nv.with_old_group_norm),
+    "stem_only_linen": ({"resnet_layers": (), "patch": 8, "grid": 2}, nv.to_linen),
+}
+
+
+@pytest.mark.parametrize("layout", HYBRID_LAYOUTS)
+def test_jax_hybrid_matches_numpy_reference(tmp_path, layout):
+    fields, rewrite = HYBRID_LAYOUTS[layout]
+    params = nv.make_params(**fields)
+    checkpoint = save_npz(tmp_path / "hybrid.npz", rewrite(params))
+    run_cli("--source", "jax", "--checkpoint", checkpoint, "--output", tmp_path / "out")
+    model = load_converted(tmp_path / "out")
+    assert type(model).__name__ == "HybridVisionTransformerForImageClassification"
+    assert (model.config.resnet_layers, model.config.patch_size) == (list(fields["resnet_layers"]), fields["patch"])
+    assert model.config.image_size == 64 and model.config.hidden_act == "gelu_pytorch_tanh"
+    x = images(64)
+    np.testing.assert_allclose(torch_logits(model, x), nv.forward(params, x), atol=TOLERANCE, rtol=0)
+
+
+def test_jax_hybrid_preset_is_checked(tmp_path):
+    params = nv.make_params(hidden=768, heads=12, mlp=64, layers=1, resnet_layers=(1,), patch=1, grid=2)
+    checkpoint = save_npz(tmp_path / "hybrid.npz", params)
+    with pytest.raises(ConversionError, match=r"num_hidden_layers is 1 in the checkpoint but 12 in the preset"):
+        convert_checkpoint("jax", checkpoint, tmp_path / "out", preset="R50+ViT-B/16")
+    with pytest.raises(ConversionError, match=r"is a hybrid but preset 'ViT-B/16' is not"):
+        convert_checkpoint("jax", checkpoint, tmp_path / "out", preset="ViT-B/16")
+    assert not (tmp_path / "out").exists()
+
+
 # --- timm -------------------------------------------------------------------------------------------------------
 
 
@@ -255,6 +287,29 @@ def test_timm_matches_timm(tmp_path, case):
     converted = load_converted(tmp_path / "out")
     assert (converted.config.hidden_act, converted.config.pos_embed_interpolation) == ("gelu", "bicubic")
     x = images(32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x).permute(0, 3, 1, 2).float()).double().numpy()
+    np.testing.assert_allclose(torch_logits(converted, x), expected, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("layers,patch", [((1, 1), 1), ((), 8)], ids=["r_1_1", "stem_only"])
+def test_timm_hybrid_matches_timm(tmp_path, layers, patch):
+    hybrid = pytest.importorskip("timm.models.vision_transformer_hybrid")
+    backbone = hybrid._resnetv2(layers=layers)  # how timm builds its vit_*_r* models
+    model = timm_model(img_size=64, patch_size=patch, embed_layer=partial(hybrid.HybridEmbed, backbone=backbone))
+    # Weight standardisation makes a filter's scale irrelevant, except through eps: timm divides by
+    # sqrt(var + 1e-8) and normalises groups with eps 1e-5, the official code by std + 1e-5 and 1e-6. Filters of
+    # std ~10 make those differences vanish (< 1e-6), so what is compared is the mapping of every tensor.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith("patch_embed.backbone") and param.ndim == 4:
+                param.mul_(50)
+    save_file(model.state_dict(), tmp_path / "hybrid.safetensors")
+    args = ["--source", "timm", "--checkpoint", tmp_path / "hybrid.safetensors", "--num-heads", "4"]
+    run_cli(*args, "--output", tmp_path / "out")
+    converted = load_converted(tmp_path / "out")
+    assert converted.config.resnet_layers == list(layers) and converted.config.num_attention_heads == 4
+    x = images(64)
     with torch.no_grad():
         expected = model(torch.from_numpy(x).permute(0, 3, 1, 2).float()).double().numpy()
     np.testing.assert_allclose(torch_logits(converted, x), expected, atol=TOLERANCE, rtol=0)
@@ -441,3 +496,14 @@ def test_cli_error_is_a_message_not_a_traceback(tmp_path):
     assert result.stderr.strip().startswith("error: ") and "notes.npz is not a NumPy .npz checkpoint" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_full_size_vit_b16_npz_with_preset(tmp_path):
+    params = nv.make_params(hidden=768, layers=12, heads=12, mlp=3072, patch=16, grid=14, num_classes=1000)
+    checkpoint = save_npz(tmp_path / "ViT-B_16.npz", opt_target(params))
+    convert_checkpoint("jax", checkpoint, tmp_path / "out", preset="ViT-B/16")
+    model = load_converted(tmp_path / "out")
+    assert sum(p.numel() for p in model.parameters()) == 86_567_656  # the paper's count for ViT-B/16
+    x = images(224, count=1)
+    np.testing.assert_allclose(torch_logits(model, x), nv.forward(params, x), atol=TOLERANCE, rtol=0)

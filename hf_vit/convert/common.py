@@ -5,6 +5,7 @@ after that — resizing, a new head, labels, the checks against the model, the o
 sources and lives here.
 """
 
+import copy
 import json
 import os
 import shutil
@@ -185,7 +186,7 @@ def adapt(
     A new head is zero-initialised and the representation (pre-logits) layer is dropped, as for fine-tuning;
     with `labels` and no `num_labels`, the new head has one output per label.
     """
-    config = converted.config
+    config = copy.deepcopy(converted.config)
     state = dict(converted.state_dict)
     notes = list(converted.notes)
     if interpolation is not None:
@@ -315,14 +316,18 @@ def create_model_card(converted: Converted):
 
 # {kind}, converted with hf_vit
 
-Weights converted from {converted.source}. The architecture is the one of *An Image is Worth 16x16 Words*
+Weights converted from {converted.source}, for the architecture of *An Image is Worth 16x16 Words*
 (Dosovitskiy et al., ICLR 2021).
 
-- hidden size {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_attention_heads} heads, MLP size
-  {config.intermediate_size}, patch size {config.patch_size}, {height}x{width} px input
-- classifier `{config.classifier}`, representation layer {config.representation_size}, {config.num_labels} classes
-- activation `{config.hidden_act}`, LayerNorm eps {config.layer_norm_eps}, position-embedding resize
-  `{config.pos_embed_interpolation}`
+| field | value |
+|---|---|
+| hidden size / layers / heads / MLP size | {config.hidden_size} / {config.num_hidden_layers} / \
+{config.num_attention_heads} / {config.intermediate_size} |
+| patch size, input | {config.patch_size}, {height}x{width} px |
+| classifier, representation layer, classes | `{config.classifier}`, {config.representation_size}, \
+{config.num_labels} |
+| activation, LayerNorm eps | `{config.hidden_act}`, {config.layer_norm_eps} |
+| position-embedding resize | `{config.pos_embed_interpolation}` |
 
 ## Changes made while converting
 
@@ -336,7 +341,7 @@ model = AutoModelForImageClassification.from_pretrained("path/or/repo", trust_re
 classify = pipeline("image-classification", model="path/or/repo", trust_remote_code=True)
 ```
 
-Inputs are resized to {height}x{width} and scaled to [-1, 1] (the saved image processor does this).
+The saved image processor resizes to {height}x{width} and scales pixels to [-1, 1].
 """
     return ModelCard(text)
 
