@@ -449,6 +449,21 @@ def test_jax_missing_unexpected_and_misshapen_keys_are_named(tmp_path):
         assert not (tmp_path / "out").exists()
 
 
+def test_timm_and_transformers_unexpected_weights_are_named(tmp_path):
+    layer_scale = timm_model(init_values=0.1)  # LayerScale: ls1.gamma / ls2.gamma, which hf_vit does not have
+    save_file(layer_scale.state_dict(), tmp_path / "ls.safetensors")
+    with pytest.raises(
+        ConversionError, match=r"no place for: blocks\.0\.ls1\.gamma, blocks\.0\.ls2\.gamma, blocks\.1\.ls1\.gamma"
+    ):
+        convert_checkpoint("timm", tmp_path / "ls.safetensors", tmp_path / "out", num_heads=4)
+    transformers_vit().save_pretrained(tmp_path / "deit")
+    config = json.loads((tmp_path / "deit" / "config.json").read_text())
+    (tmp_path / "deit" / "config.json").write_text(json.dumps({**config, "model_type": "deit"}))
+    with pytest.raises(ConversionError, match="is a 'deit' model; only transformers ViT"):
+        convert_checkpoint("transformers", tmp_path / "deit", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_existing_output_is_left_untouched(tmp_path):
     checkpoint = save_npz(tmp_path / "ckpt.npz", nv.make_params())
     (tmp_path / "out").mkdir()

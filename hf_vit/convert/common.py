@@ -40,6 +40,19 @@ POS_EMBED_KEY = "vit.embeddings.position_embeddings"
 BACKBONE = "vit.embeddings.patch_embeddings.backbone."
 
 
+# Per encoder layer, the tensors that timm and (after renaming) transformers share with us, besides q/k/v.
+LAYER_TENSORS = tuple(
+    f"{module}.{kind}"
+    for module in ("norm1", "attention.proj", "norm2", "mlp.fc1", "mlp.fc2")
+    for kind in ("weight", "bias")
+)
+# Per ResNet unit, as timm and we name them; the downsample (projection) only where the shape changes.
+UNIT_TENSORS = tuple(f"conv{i}.weight" for i in (1, 2, 3)) + tuple(
+    f"norm{i}.{kind}" for i in (1, 2, 3) for kind in ("weight", "bias")
+)
+DOWNSAMPLE_TENSORS = ("downsample.conv.weight", "downsample.norm.weight", "downsample.norm.bias")
+
+
 class ConversionError(ValueError):
     """A checkpoint that cannot be converted; the message names the keys or shapes at fault."""
 

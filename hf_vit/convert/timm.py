@@ -17,6 +17,9 @@ import torch
 from ..presets import WIDTHS, create_config
 from .common import (
     BACKBONE,
+    DOWNSAMPLE_TENSORS,
+    LAYER_TENSORS,
+    UNIT_TENSORS,
     ConversionError,
     Converted,
     KeyReader,
@@ -93,8 +96,9 @@ def convert_resnet(reader: KeyReader, state: dict[str, Any]) -> dict[str, Any]:
     for stage, indices in sorted(units.items()):
         for unit in sorted(indices):
             source = f"patch_embed.backbone.stages.{stage}.blocks.{unit}."
-            for key in [key for key in reader.names() if key.startswith(source)]:
-                state[f"{BACKBONE}stages.{stage}.{unit}.{key[len(source) :]}"] = reader.take(key)
+            names = UNIT_TENSORS + (DOWNSAMPLE_TENSORS if source + DOWNSAMPLE_TENSORS[0] in reader else ())
+            for name in names:
+                state[f"{BACKBONE}stages.{stage}.{unit}.{name}"] = reader.take(source + name)
     return {
         "resnet_layers": [len(units[stage]) for stage in sorted(units)],
         "resnet_width_factor": max(root.shape[0] // 64, 1),
@@ -143,10 +147,12 @@ def convert_timm_state_dict(
     indices = sorted({int(match.group(1)) for key in reader.names() if (match := BLOCK.match(key))})
     if indices != list(range(len(indices))) or not indices:
         raise ConversionError(f"{what}: transformer blocks are numbered {indices}, expected 0 to N-1.")
+    qkv_bias = "blocks.0.attn.qkv.bias" in reader
     for index in indices:
-        source = f"blocks.{index}."
-        for key in [key for key in reader.names() if key.startswith(source)]:
-            state[f"vit.layers.{index}.{key[len(source) :]}".replace(".attn.", ".attention.")] = reader.take(key)
+        names = LAYER_TENSORS + ("attention.qkv.weight",) + (("attention.qkv.bias",) if qkv_bias else ())
+        for name in names:
+            source = f"blocks.{index}.{name}".replace("attention.", "attn.")
+            state[f"vit.layers.{index}.{name}"] = reader.take(source)
     for name in ("weight", "bias"):
         state[f"vit.norm.{name}"] = reader.take(f"norm.{name}")
         if f"pre_logits.fc.{name}" in reader:
@@ -166,7 +172,7 @@ def convert_timm_state_dict(
         num_hidden_layers=len(indices),
         num_attention_heads=_num_heads(hidden, num_heads, preset, what),
         intermediate_size=fc1.shape[0] if fc1 is not None else 4 * hidden,
-        qkv_bias="vit.layers.0.attention.qkv.bias" in state,
+        qkv_bias=qkv_bias,
         patch_size=patch_h if patch_h == patch_w else [patch_h, patch_w],
         image_size=height if height == width else [height, width],
         classifier="token" if token else "gap",

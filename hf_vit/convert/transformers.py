@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .common import ConversionError, Converted, KeyReader, make_config, shape_of, to_tensor
+from .common import LAYER_TENSORS, ConversionError, Converted, KeyReader, make_config, shape_of, to_tensor
 from .timm import load_state_dict
 
 # (pattern, replacement) from either naming to one canonical spelling, per encoder layer.
@@ -125,8 +125,8 @@ def convert_transformers_folder(
                     f"{what}: layer {index} has query/key/value {suffix}s of shapes {sorted(shapes)}."
                 )
             state[f"{ours}attention.qkv.{suffix}"] = torch.cat(parts, dim=0)
-        for source in [key for key in reader.names() if key.startswith(layer) and key not in reader.used]:
-            state[ours + source[len(layer) :]] = reader.take(source)
+        for name in LAYER_TENSORS:
+            state[ours + name] = reader.take(layer + name)
     for suffix in ("weight", "bias"):
         state[f"vit.norm.{suffix}"] = reader.take(f"layernorm.{suffix}")
         if f"pooler.dense.{suffix}" in reader:
