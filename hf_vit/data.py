@@ -104,8 +104,8 @@ def _load_raw(args: argparse.Namespace):
         if args.streaming:
             raise ValueError("--streaming needs a Hub dataset or files; the built-in digits are in memory.")
         return DatasetDict({"train": digits_dataset()})
-    if os.path.isdir(args.dataset):
-        return load_dataset("imagefolder", data_dir=args.dataset, streaming=args.streaming)
+    if os.path.isdir(args.dataset):  # datasets picks imagefolder, parquet or webdataset from the files inside
+        return load_dataset(args.dataset, streaming=args.streaming)
     files = _files(args.dataset)
     if files and all(f.endswith(".parquet") for f in files):
         return load_dataset("parquet", data_files={args.train_split: files}, streaming=args.streaming)
