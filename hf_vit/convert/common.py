@@ -1,0 +1,389 @@
+"""What every converter shares: the converted result, strict checks against the target model, and writing it out.
+
+A converter turns a checkpoint into a `Converted` (our config and a state dict in our parameter names). Everything
+after that — resizing, a new head, labels, the checks against the model, the output folder — is the same for all
+sources and lives here.
+"""
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
+
+from ..configuration import VisionTransformerConfig, to_pair
+from ..pos_embed import resize_pos_embed
+from ..presets import create_config
+from ..processing import create_image_processor
+
+# Fields that define the architecture: a preset must agree with the checkpoint on these.
+ARCHITECTURE_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "patch_size",
+    "resnet_layers",
+    "resnet_width_factor",
+)
+# Fields a preset contributes that weights cannot show (the training-time regularisation).
+PRESET_ONLY_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate")
+POS_EMBED_KEY = "vit.embeddings.position_embeddings"
+BACKBONE = "vit.embeddings.patch_embeddings.backbone."
+
+
+# Per encoder layer, the tensors that timm and (after renaming) transformers share with us, besides q/k/v.
+LAYER_TENSORS = tuple(
+    f"{module}.{kind}"
+    for module in ("norm1", "attention.proj", "norm2", "mlp.fc1", "mlp.fc2")
+    for kind in ("weight", "bias")
+)
+# Per ResNet unit, as timm and we name them; the downsample (projection) only where the shape changes.
+UNIT_TENSORS = tuple(f"conv{i}.weight" for i in (1, 2, 3)) + tuple(
+    f"norm{i}.{kind}" for i in (1, 2, 3) for kind in ("weight", "bias")
+)
+DOWNSAMPLE_TENSORS = ("downsample.conv.weight", "downsample.norm.weight", "downsample.norm.bias")
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted; the message names the keys or shapes at fault."""
+
+
+@dataclass
+class Converted:
+    """A checkpoint in our terms: the config, the weights under our names, and what was done to them."""
+
+    config: VisionTransformerConfig
+    state_dict: dict[str, torch.Tensor]
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+
+def format_keys(keys: Iterable[str], limit: int = 8) -> str:
+    """A short, sorted list of key names for an error message."""
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def shape_of(array: Any) -> tuple[int, ...]:
+    return tuple(int(size) for size in array.shape)
+
+
+def to_tensor(array: Any) -> torch.Tensor:
+    """A float32 torch tensor from a NumPy array or a tensor (checkpoints may hold fp16/bf16; float32 is exact)."""
+    if isinstance(array, torch.Tensor):
+        return array.detach().to(torch.float32).contiguous()
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+class KeyReader:
+    """Hands out a checkpoint's arrays by name and remembers which were used, so that leftovers are reported."""
+
+    def __init__(self, arrays: Mapping[str, Any], what: str):
+        self.arrays = dict(arrays)
+        self.what = what
+        self.used: set[str] = set()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.arrays
+
+    def names(self) -> list[str]:
+        return list(self.arrays)
+
+    def take(self, key: str, ndim: int | None = None) -> Any:
+        """The array `key`, marked as used; a ConversionError names a missing key or a wrong number of dimensions."""
+        if key not in self.arrays:
+            raise ConversionError(f"{self.what} is missing the key {key!r}.")
+        array = self.arrays[key]
+        if ndim is not None and len(array.shape) != ndim:
+            raise ConversionError(f"{self.what}: {key!r} has shape {shape_of(array)}, expected {ndim} dimensions.")
+        self.used.add(key)
+        return array
+
+    def skip(self, key: str) -> None:
+        """Mark `key` as deliberately unused."""
+        self.used.add(key)
+
+    def finish(self) -> None:
+        """Fail if any key was not used: weights the architecture has no place for must not vanish silently."""
+        unused = set(self.arrays) - self.used
+        if unused:
+            raise ConversionError(
+                f"{self.what} has unexpected keys that hf_vit's architecture has no place for: {format_keys(unused)}."
+            )
+
+
+def hybrid_classes() -> type[PretrainedConfig]:
+    """The hybrid config class, imported late so that plain ViT conversion never depends on it."""
+    from .. import HybridVisionTransformerConfig
+
+    return HybridVisionTransformerConfig
+
+
+def make_config(fields: dict[str, Any], preset: str | None, what: str) -> VisionTransformerConfig:
+    """Our config from the fields read off a checkpoint, checked against `preset` when one is named.
+
+    The preset must agree on the architecture; it contributes the dropout rates, which weights cannot show.
+    """
+    hybrid = "resnet_layers" in fields
+    if preset is not None:
+        try:
+            reference = create_config(preset)
+        except ValueError as error:
+            raise ConversionError(str(error)) from None
+        if hasattr(reference, "resnet_layers") != hybrid:
+            kind = "a hybrid" if hybrid else "a plain ViT"
+            raise ConversionError(f"{what} is {kind} but preset {preset!r} is not.")
+        for name in ARCHITECTURE_FIELDS:
+            if name in fields and hasattr(reference, name):
+                ours, theirs = _comparable(name, fields[name]), _comparable(name, getattr(reference, name))
+                if ours != theirs:
+                    raise ConversionError(
+                        f"{what} does not match preset {preset!r}: {name} is {ours} in the checkpoint but "
+                        f"{theirs} in the preset."
+                    )
+        fields = {**{name: getattr(reference, name) for name in PRESET_ONLY_FIELDS}, **fields}
+    config_class = hybrid_classes() if hybrid else VisionTransformerConfig
+    try:
+        return config_class(**fields)
+    except ValueError as error:
+        raise ConversionError(f"{what} does not make a valid model: {error}") from None
+
+
+def _comparable(name: str, value: Any) -> Any:
+    """Values in one spelling: patch sizes as (height, width), lists as tuples."""
+    if name == "patch_size":
+        return to_pair(value)
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def resnet_stride(resnet_layers: list[int]) -> int:
+    """Pixels per feature-map cell of the hybrid's ResNet: 4 from the stem, 2 more for every later stage."""
+    return 4 * 2 ** max(len(resnet_layers) - 1, 0)
+
+
+def is_square(number: int) -> bool:
+    return number > 0 and int(round(number**0.5)) ** 2 == number
+
+
+def square_grid(num_tokens: int, what: str) -> tuple[int, int]:
+    """The (side, side) grid of `num_tokens` position embeddings; checkpoints do not store non-square grids' shape."""
+    if not is_square(num_tokens):
+        raise ConversionError(
+            f"{what} has {num_tokens} patch position embeddings, which is not a square grid; only square grids "
+            "can be read off a checkpoint."
+        )
+    side = int(round(num_tokens**0.5))
+    return side, side
+
+
+def adapt(
+    converted: Converted,
+    image_size: int | tuple[int, int] | None = None,
+    interpolation: str | None = None,
+    num_labels: int | None = None,
+    drop_head: bool = False,
+    labels: list[str] | None = None,
+) -> Converted:
+    """Resize for `image_size`, replace the head (`num_labels` / `drop_head`), and name the classes.
+
+    A new head is zero-initialised and the representation (pre-logits) layer is dropped, as for fine-tuning;
+    with `labels` and no `num_labels`, the new head has one output per label.
+    """
+    config = copy.deepcopy(converted.config)
+    state = dict(converted.state_dict)
+    notes = list(converted.notes)
+    if interpolation is not None:
+        if interpolation not in ("official", "bicubic"):
+            raise ConversionError(f"interpolation must be 'official' or 'bicubic', got {interpolation!r}.")
+        config.pos_embed_interpolation = interpolation
+    if image_size is not None and to_pair(image_size) != to_pair(config.image_size):
+        old_size, old_grid = to_pair(config.image_size), config.grid_size
+        config.image_size = image_size if isinstance(image_size, int) else list(image_size)
+        try:
+            config.check()
+        except ValueError as error:
+            raise ConversionError(f"Cannot resize to {image_size}: {error}") from None
+        prefix = 1 if config.classifier == "token" else 0
+        method = config.pos_embed_interpolation
+        # In float64, so the only error left is the final rounding to float32 (scipy's zoom is float64 too).
+        pos_embed = state[POS_EMBED_KEY].to(torch.float64)
+        pos_embed = resize_pos_embed(pos_embed, old_grid, config.grid_size, prefix, method)
+        state[POS_EMBED_KEY] = pos_embed.to(torch.float32)
+        notes.append(
+            f"Position embeddings resized from {old_size[0]}x{old_size[1]} px ({old_grid[0]}x{old_grid[1]} tokens) "
+            f"to {to_pair(image_size)[0]}x{to_pair(image_size)[1]} px ({config.grid_size[0]}x{config.grid_size[1]} "
+            f"tokens) with the {method} interpolation."
+        )
+    has_head = "classifier.weight" in state
+    new_head = drop_head or num_labels is not None or (not has_head and labels is not None)
+    if new_head:
+        count = num_labels if num_labels is not None else len(labels) if labels is not None else config.num_labels
+        if count < 1:
+            raise ConversionError(f"num_labels must be positive, got {count}.")
+        for key in [key for key in state if key.startswith(("classifier.", "vit.pre_logits."))]:
+            del state[key]
+        config.representation_size = None
+        config.num_labels = count
+        state["classifier.weight"] = torch.zeros(count, config.hidden_size)
+        state["classifier.bias"] = torch.zeros(count)
+        notes.append(f"New zero-initialised head with {count} classes; the representation layer (if any) dropped.")
+    elif not has_head:
+        raise ConversionError(
+            f"{converted.source} has no classification head; pass num_labels (--num-labels K) to add a new one."
+        )
+    if labels is not None:
+        if len(labels) != config.num_labels:
+            raise ConversionError(
+                f"{len(labels)} labels were given but the head has {config.num_labels} classes; pass as many labels "
+                "as classes (or --num-labels with a new head)."
+            )
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {label: index for index, label in enumerate(labels)}
+    return Converted(config, state, converted.source, notes)
+
+
+def build_model(converted: Converted) -> PreTrainedModel:
+    """Our model with the converted weights, after checking every name and shape against it."""
+    model = AutoModelForImageClassification.from_config(converted.config)
+    expected = model.state_dict()
+    given = converted.state_dict
+    missing, unexpected = set(expected) - set(given), set(given) - set(expected)
+    if missing:
+        raise ConversionError(f"{converted.source} lacks weights the model needs: {format_keys(missing)}.")
+    if unexpected:
+        raise ConversionError(f"{converted.source} has weights the model has no place for: {format_keys(unexpected)}.")
+    wrong = [
+        f"{key} {shape_of(given[key])} (model: {shape_of(expected[key])})"
+        for key in sorted(given)
+        if shape_of(given[key]) != shape_of(expected[key])
+    ]
+    if wrong:
+        raise ConversionError(
+            f"{converted.source} has shapes that fit no single architecture: {'; '.join(wrong[:6])}"
+            + (f"; ... ({len(wrong)} in all)" if len(wrong) > 6 else "")
+        )
+    model.load_state_dict(given, strict=True)
+    return model.eval()
+
+
+def read_labels(path: str | os.PathLike) -> list[str]:
+    """Class names from a JSON list, a JSON {index: name} dict, or a text file with one name per line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConversionError(f"Cannot read the labels file {path}: {error}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = None
+    if isinstance(data, list):
+        return [str(label) for label in data]
+    if isinstance(data, dict):
+        try:
+            by_index = {int(index): str(label) for index, label in data.items()}
+        except ValueError:
+            raise ConversionError(f"Labels file {path} must map class indices (0, 1, ...) to names.") from None
+        if sorted(by_index) != list(range(len(by_index))):
+            raise ConversionError(f"Labels file {path} must number its classes 0 to {len(by_index) - 1} without gaps.")
+        return [by_index[index] for index in range(len(by_index))]
+    lines = [line.strip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    if not lines:
+        raise ConversionError(f"Labels file {path} holds no labels.")
+    return lines
+
+
+def check_output(output: str | os.PathLike) -> Path:
+    """Refuse an output folder that already holds something, before any work is done."""
+    output = Path(output)
+    if output.exists() and not (output.is_dir() and not any(output.iterdir())):
+        raise ConversionError(f"Output {output} already exists and is not an empty folder; choose another.")
+    return output
+
+
+def create_model_card(converted: Converted):
+    """The README.md of a converted folder: where the weights came from, what changed, how to load them."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    config = converted.config
+    height, width = to_pair(config.image_size)
+    hybrid = hasattr(config, "resnet_layers")
+    kind = f"ResNet ({tuple(config.resnet_layers)}) + ViT hybrid" if hybrid else "Vision Transformer"
+    data = ModelCardData(library_name="transformers", pipeline_tag="image-classification", tags=["hf_vit", "vit"])
+    changes = "".join(f"- {note}\n" for note in converted.notes) or "- None: the weights are as in the source.\n"
+    text = f"""---
+{data.to_yaml()}
+---
+
+# {kind}, converted with hf_vit
+
+Weights converted from {converted.source}, for the architecture of *An Image is Worth 16x16 Words*
+(Dosovitskiy et al., ICLR 2021).
+
+| field | value |
+|---|---|
+| hidden size / layers / heads / MLP size | {config.hidden_size} / {config.num_hidden_layers} / \
+{config.num_attention_heads} / {config.intermediate_size} |
+| patch size, input | {config.patch_size}, {height}x{width} px |
+| classifier, representation layer, classes | `{config.classifier}`, {config.representation_size}, \
+{config.num_labels} |
+| activation, LayerNorm eps | `{config.hidden_act}`, {config.layer_norm_eps} |
+| position-embedding resize | `{config.pos_embed_interpolation}` |
+
+## Changes made while converting
+
+{changes}
+## Use
+
+```python
+from transformers import AutoModelForImageClassification, pipeline
+
+model = AutoModelForImageClassification.from_pretrained("path/or/repo", trust_remote_code=True)
+classify = pipeline("image-classification", model="path/or/repo", trust_remote_code=True)
+```
+
+The saved image processor resizes to {height}x{width} and scales pixels to [-1, 1].
+"""
+    return ModelCard(text)
+
+
+def push_folder(folder: Path, repo_id: str) -> str:
+    """Upload a converted folder to the Hub as `repo_id`; the one place conversion talks to the network."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, exist_ok=True)
+    return str(api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload converted ViT"))
+
+
+def save_folder(model: PreTrainedModel, converted: Converted, output: Path) -> Path:
+    """Write weights, config, code, image processor and model card into a temporary folder, then move it in place.
+
+    A failure part-way leaves `output` as it was: the temporary folder sits next to it and is removed.
+    """
+    output = check_output(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        model.save_pretrained(staging)
+        create_image_processor(model.config).save_pretrained(staging)
+        create_model_card(converted).save(staging / "README.md")
+        if output.exists():
+            output.rmdir()
+        os.replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output

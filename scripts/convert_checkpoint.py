@@ -1,0 +1,82 @@
+"""Convert official JAX (.npz), timm or transformers ViT weights into an hf_vit folder.
+
+python scripts/convert_checkpoint.py --source jax --checkpoint ViT-B_16.npz --output vit-b16-224
+python scripts/convert_checkpoint.py --source jax --checkpoint ViT-B_16.npz --output vit-b16-384 --image-size 384 \\
+    --num-labels 10 --labels labels.txt
+python scripts/convert_checkpoint.py --source timm --checkpoint model.safetensors --preset ViT-B/16 --output out
+python scripts/convert_checkpoint.py --source transformers --checkpoint vit-base-patch16-224/ --output out
+
+The folder loads with AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).
+"""
+
+import argparse
+import sys
+
+from hf_vit.convert import SOURCES, ConversionError, convert_checkpoint
+
+
+def parse_image_size(text: str) -> int | tuple[int, int]:
+    """'384' or '384,512' (height,width)."""
+    try:
+        sizes = [int(part) for part in text.replace("x", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"image size must be N or H,W, got {text!r}") from None
+    if len(sizes) not in (1, 2) or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"image size must be N or H,W with positive sizes, got {text!r}")
+    return sizes[0] if len(sizes) == 1 else (sizes[0], sizes[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", required=True, choices=SOURCES, help="Layout of the checkpoint.")
+    parser.add_argument(
+        "--checkpoint", required=True, help="The .npz (jax), .safetensors/.pth (timm) or model folder (transformers)."
+    )
+    parser.add_argument("--output", required=True, help="Folder to create (must not exist, or be empty).")
+    parser.add_argument(
+        "--preset", default=None, help="e.g. ViT-B/16: supplies the head count (timm) and dropout; checked."
+    )
+    parser.add_argument("--num-heads", type=int, default=None, help="Attention heads, where no preset fits (timm).")
+    parser.add_argument(
+        "--image-size", type=parse_image_size, default=None, help="Resize the position embeddings for N or H,W px."
+    )
+    parser.add_argument(
+        "--interpolation",
+        choices=("official", "bicubic"),
+        default=None,
+        help="Position-embedding resize: 'official' (corner-aligned bilinear, scipy.ndimage.zoom order 1) or "
+        "'bicubic' (timm/transformers). Default: official for JAX, bicubic for timm and transformers.",
+    )
+    parser.add_argument(
+        "--num-labels", type=int, default=None, help="New zero-initialised head with K classes (for fine-tuning)."
+    )
+    parser.add_argument(
+        "--drop-head",
+        action="store_true",
+        help="New zero-initialised head (as many classes as --labels, else as the old head); drops pre-logits.",
+    )
+    parser.add_argument("--labels", default=None, help="Class names: a JSON list or dict, or one name per line.")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="Also upload the folder to this repo.")
+    args = parser.parse_args(argv)
+    try:
+        folder = convert_checkpoint(
+            args.source,
+            args.checkpoint,
+            args.output,
+            preset=args.preset,
+            num_heads=args.num_heads,
+            image_size=args.image_size,
+            interpolation=args.interpolation,
+            num_labels=args.num_labels,
+            drop_head=args.drop_head,
+            labels=args.labels,
+            push_to_hub=args.push_to_hub,
+        )
+    except ConversionError as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"converted {args.checkpoint} into {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,524 @@
+"""Checkpoint conversion: JAX (.npz), timm and transformers weights in, the source's logits out.
+
+Every test builds its checkpoint here (no download): JAX layouts are checked against the NumPy reference forward of
+tests/numpy_vit.py, timm and transformers against their own models.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import numpy_vit as nv
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForImageClassification
+
+from hf_vit.convert import ConversionError, convert_checkpoint, read_labels
+
+ROOT = Path(__file__).resolve().parents[1]
+TOLERANCE = 1e-5
+
+
+def run_cli(*args: str) -> int:
+    """scripts/convert_checkpoint.py's main, in this process (fast); argv as on the command line."""
+    spec = importlib.util.spec_from_file_location("convert_checkpoint", ROOT / "scripts" / "convert_checkpoint.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main([str(arg) for arg in args])
+
+
+def load_converted(folder: Path) -> torch.nn.Module:
+    """The converted folder as any user loads it: Auto class, remote code."""
+    return AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+
+
+def images(size: int | tuple[int, int], count: int = 2, seed: int = 1) -> np.ndarray:
+    height, width = (size, size) if isinstance(size, int) else size
+    return np.random.default_rng(seed).uniform(-1, 1, (count, height, width, 3))
+
+
+def torch_logits(model: torch.nn.Module, pixels_nhwc: np.ndarray, **kwargs) -> np.ndarray:
+    with torch.no_grad():
+        pixels = torch.from_numpy(pixels_nhwc).permute(0, 3, 1, 2).float()
+        return model(pixels, **kwargs).logits.double().numpy()
+
+
+def save_npz(path: Path, params: dict) -> Path:
+    np.savez(path, **params)
+    return path
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial values everywhere (norm scales near 1), so a swapped or skipped tensor changes the logits."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            is_norm_scale = param.ndim == 1 and "norm" in name and name.endswith("weight")
+            param.copy_(1 + 0.1 * noise if is_norm_scale else 0.2 * noise)
+    return model.eval()
+
+
+# --- JAX --------------------------------------------------------------------------------------------------------
+
+
+def opt_target(params: dict) -> dict:
+    return {f"opt/target/{key}": value for key, value in params.items()}
+
+
+JAX_LAYOUTS = {
+    "released": ({}, lambda p: p, False),
+    "linen": ({}, nv.to_linen, False),
+    "opt_target_gap": ({"token": False}, opt_target, False),
+    "representation": ({"representation": 24}, lambda p: p, False),
+    "big_vision": ({"pos_slot_for_cls": False}, nv.to_big_vision, True),
+    "big_vision_scanned": ({"pos_slot_for_cls": False}, lambda p: nv.to_big_vision(p, scanned=True), True),
+}
+
+
+@pytest.mark.parametrize("layout", JAX_LAYOUTS)
+def test_jax_layouts_match_numpy_reference(tmp_path, layout):
+    fields, rewrite, pos_before_cls = JAX_LAYOUTS[layout]
+    params = nv.make_params(**fields)
+    checkpoint = save_npz(tmp_path / "ckpt.npz", rewrite(params))
+    assert run_cli("--source", "jax", "--checkpoint", checkpoint, "--output", tmp_path / "out") == 0
+    model = load_converted(tmp_path / "out")
+    x = images(32)
+    expected = nv.forward(params, x, pos_before_cls=pos_before_cls)
+    np.testing.assert_allclose(torch_logits(model, x), expected, atol=TOLERANCE, rtol=0)
+    config = model.config
+    assert (config.hidden_act, config.layer_norm_eps, config.pos_embed_interpolation) == (
+        "gelu_pytorch_tanh",
+        1e-6,
+        "official",
+    )
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size) == (
+        32,
+        2,
+        4,
+        64,
+    )
+    assert (config.patch_size, config.image_size, config.num_labels) == (8, 32, 5)
+    assert config.classifier == ("gap" if layout == "opt_target_gap" else "token")
+    assert config.representation_size == (24 if layout == "representation" else None)
+
+
+def test_output_folder_holds_weights_config_processor_and_card(tmp_path):
+    checkpoint = save_npz(tmp_path / "ViT-Tiny.npz", nv.make_params())
+    convert_checkpoint("jax", checkpoint, tmp_path / "out")
+    names = {path.name for path in (tmp_path / "out").iterdir()}
+    assert {"model.safetensors", "config.json", "modeling.py", "preprocessor_config.json", "README.md"} <= names
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "ViT-Tiny.npz" in card and "gelu_pytorch_tanh" in card and "pipeline_tag: image-classification" in card
+    processor = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"height": 32, "width": 32} and processor["image_mean"] == [0.5, 0.5, 0.5]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def zoom_official(pos_embed: np.ndarray, old: tuple[int, int], new: tuple[int, int]) -> np.ndarray:
+    """The official resize (vit_jax checkpoint.py): scipy.ndimage.zoom(order=1) on the grid, cls slot kept."""
+    from scipy import ndimage
+
+    cls, grid = pos_embed[:, :1], pos_embed[0, 1:].reshape(old[0], old[1], -1)
+    zoomed = ndimage.zoom(grid.astype(np.float64), (new[0] / old[0], new[1] / old[1], 1), order=1)
+    return np.concatenate([cls, zoomed.reshape(1, new[0] * new[1], -1)], axis=1)
+
+
+@pytest.mark.parametrize("size", [384, (384, 512)], ids=["384", "384x512"])
+def test_jax_resize_224_to_384_official_is_scipy_zoom(tmp_path, size):
+    params = nv.make_params(patch=16, grid=14)
+    checkpoint = save_npz(tmp_path / "ckpt.npz", params)
+    size_arg = size if isinstance(size, int) else f"{size[0]},{size[1]}"
+    run_cli("--source", "jax", "--checkpoint", checkpoint, "--output", tmp_path / "out", "--image-size", size_arg)
+    height, width = (size, size) if isinstance(size, int) else size
+    new_grid = (height // 16, width // 16)
+    zoomed = zoom_official(params["Transformer/posembed_input/pos_embedding"], (14, 14), new_grid)
+    converted = load_file(tmp_path / "out" / "model.safetensors")["vit.embeddings.position_embeddings"]
+    np.testing.assert_allclose(converted.numpy(), zoomed, atol=1e-6, rtol=0)
+    # End to end: the official pipeline (zoom, then run at the new size) gives the converted model's logits.
+    model = load_converted(tmp_path / "out")
+    assert model.config.image_size == (size if isinstance(size, int) else list(size))
+    x = images((height, width), count=1)
+    expected = nv.forward({**params, "Transformer/posembed_input/pos_embedding": zoomed}, x)
+    np.testing.assert_allclose(torch_logits(model, x), expected, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("size", [384, (384, 512)], ids=["384", "384x512"])
+def test_jax_resize_bicubic_matches_timm_and_runtime_resize(tmp_path, size):
+    params = nv.make_params(patch=16, grid=14)
+    checkpoint = save_npz(tmp_path / "ckpt.npz", params)
+    size_arg = size if isinstance(size, int) else f"{size[0]},{size[1]}"
+    args = ["--source", "jax", "--checkpoint", checkpoint, "--interpolation", "bicubic"]
+    run_cli(*args, "--output", tmp_path / "resized", "--image-size", size_arg)
+    run_cli(*args, "--output", tmp_path / "native")
+    resized, native = load_converted(tmp_path / "resized"), load_converted(tmp_path / "native")
+    assert resized.config.pos_embed_interpolation == "bicubic"
+    height, width = (size, size) if isinstance(size, int) else size
+    x = images((height, width), count=1)
+    # Converting at 384 equals running the 224 model at 384 (it resizes the same way on the fly).
+    np.testing.assert_allclose(
+        torch_logits(resized, x), torch_logits(native, x, interpolate_pos_encoding=True), atol=TOLERANCE, rtol=0
+    )
+    # transformers' bicubic (no antialiasing); timm antialiases by default when it resizes, a different kernel.
+    timm_layers = pytest.importorskip("timm.layers")
+    pos_embed = torch.from_numpy(params["Transformer/posembed_input/pos_embedding"])
+    expected = timm_layers.resample_abs_pos_embed(pos_embed, [height // 16, width // 16], [14, 14], antialias=False)
+    converted = load_file(tmp_path / "resized" / "model.safetensors")["vit.embeddings.position_embeddings"]
+    torch.testing.assert_close(converted, expected, atol=1e-5, rtol=0)
+
+
+def test_new_head_drops_representation_and_names_labels(tmp_path):
+    params = nv.make_params(representation=24)
+    checkpoint = save_npz(tmp_path / "ckpt.npz", params)
+    (tmp_path / "labels.txt").write_text("cat\ndog\nfish\n")
+    run_cli("--source", "jax", "--checkpoint", checkpoint, "--output", tmp_path / "full")
+    run_cli(
+        "--source",
+        "jax",
+        "--checkpoint",
+        checkpoint,
+        "--output",
+        tmp_path / "new",
+        "--num-labels",
+        "3",
+        "--labels",
+        tmp_path / "labels.txt",
+    )
+    weights = load_file(tmp_path / "new" / "model.safetensors")
+    assert not any(key.startswith("vit.pre_logits") for key in weights)
+    assert weights["classifier.weight"].shape == (3, 32) and not weights["classifier.weight"].any()
+    full, new = load_converted(tmp_path / "full"), load_converted(tmp_path / "new")
+    assert new.config.representation_size is None
+    assert new.config.id2label == {0: "cat", 1: "dog", 2: "fish"} and new.config.label2id["fish"] == 2
+    x = torch.from_numpy(images(32)).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        torch.testing.assert_close(new.vit(x).last_hidden_state, full.vit(x).last_hidden_state, atol=0, rtol=0)
+        assert not new(x).logits.any()
+
+
+def test_drop_head_keeps_the_class_count(tmp_path):
+    checkpoint = save_npz(tmp_path / "ckpt.npz", nv.make_params(representation=24))
+    run_cli("--source", "jax", "--checkpoint", checkpoint, "--output", tmp_path / "out", "--drop-head")
+    weights = load_file(tmp_path / "out" / "model.safetensors")
+    assert weights["classifier.weight"].shape == (5, 32) and not weights["classifier.weight"].any()
+    assert "vit.pre_logits.0.weight" not in weights
+
+
+def test_labels_files(tmp_path):
+    (tmp_path / "list.json").write_text('["a", "b"]')
+    (tmp_path / "dict.json").write_text('{"1": "b", "0": "a"}')
+    (tmp_path / "lines.txt").write_text("a\nb\n\n")
+    (tmp_path / "gaps.json").write_text('{"0": "a", "2": "c"}')
+    for name in ("list.json", "dict.json", "lines.txt"):
+        assert read_labels(tmp_path / name) == ["a", "b"]
+    with pytest.raises(ConversionError, match="number its classes 0 to 1 without gaps"):
+        read_labels(tmp_path / "gaps.json")
+    checkpoint = save_npz(tmp_path / "ckpt.npz", nv.make_params())
+    with pytest.raises(ConversionError, match="2 labels were given but the head has 5 classes"):
+        convert_checkpoint("jax", checkpoint, tmp_path / "out", labels=tmp_path / "list.json")
+    assert not (tmp_path / "out").exists()
+
+
+HYBRID_LAYOUTS = {
+    "r_1_1_released": ({"resnet_layers": (1, 1), "patch": 1, "grid": 8}, lambda p: p),
+    "r_2_old_group_norm": ({"resnet_layers": (2,), "patch": 1, "grid": 16}, nv.with_old_group_norm),
+    "stem_only_linen": ({"resnet_layers": (), "patch": 8, "grid": 2}, nv.to_linen),
+}
+
+
+@pytest.mark.parametrize("layout", HYBRID_LAYOUTS)
+def test_jax_hybrid_matches_numpy_reference(tmp_path, layout):
+    fields, rewrite = HYBRID_LAYOUTS[layout]
+    params = nv.make_params(**fields)
+    checkpoint = save_npz(tmp_path / "hybrid.npz", rewrite(params))
+    run_cli("--source", "jax", "--checkpoint", checkpoint, "--output", tmp_path / "out")
+    model = load_converted(tmp_path / "out")
+    assert type(model).__name__ == "HybridVisionTransformerForImageClassification"
+    assert (model.config.resnet_layers, model.config.patch_size) == (list(fields["resnet_layers"]), fields["patch"])
+    assert model.config.image_size == 64 and model.config.hidden_act == "gelu_pytorch_tanh"
+    x = images(64)
+    np.testing.assert_allclose(torch_logits(model, x), nv.forward(params, x), atol=TOLERANCE, rtol=0)
+
+
+def test_jax_hybrid_preset_is_checked(tmp_path):
+    params = nv.make_params(hidden=768, heads=12, mlp=64, layers=1, resnet_layers=(1,), patch=1, grid=2)
+    checkpoint = save_npz(tmp_path / "hybrid.npz", params)
+    with pytest.raises(ConversionError, match=r"num_hidden_layers is 1 in the checkpoint but 12 in the preset"):
+        convert_checkpoint("jax", checkpoint, tmp_path / "out", preset="R50+ViT-B/16")
+    with pytest.raises(ConversionError, match=r"is a hybrid but preset 'ViT-B/16' is not"):
+        convert_checkpoint("jax", checkpoint, tmp_path / "out", preset="ViT-B/16")
+    assert not (tmp_path / "out").exists()
+
+
+# --- timm -------------------------------------------------------------------------------------------------------
+
+
+def timm_model(**kwargs) -> torch.nn.Module:
+    vision_transformer = pytest.importorskip("timm.models.vision_transformer")
+    fields = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2, num_classes=5)
+    return randomize(vision_transformer.VisionTransformer(**{**fields, **kwargs}))
+
+
+TIMM_CASES = {
+    "token_safetensors": ({}, "model.safetensors", False),
+    "gap_pth": ({"class_token": False, "global_pool": "avg", "fc_norm": False}, "model.pth", False),
+    "wrapped_pth": ({}, "checkpoint.pth", True),
+    "no_embed_class": ({"no_embed_class": True}, "model.safetensors", False),
+}
+
+
+@pytest.mark.parametrize("case", TIMM_CASES)
+def test_timm_matches_timm(tmp_path, case):
+    kwargs, filename, wrapped = TIMM_CASES[case]
+    model = timm_model(**kwargs)
+    state_dict = model.state_dict()
+    if filename.endswith(".safetensors"):
+        save_file(state_dict, tmp_path / filename)
+    else:
+        torch.save({"state_dict": state_dict, "epoch": 3} if wrapped else state_dict, tmp_path / filename)
+    args = ["--source", "timm", "--checkpoint", tmp_path / filename, "--num-heads", "4"]
+    assert run_cli(*args, "--output", tmp_path / "out") == 0
+    converted = load_converted(tmp_path / "out")
+    assert (converted.config.hidden_act, converted.config.pos_embed_interpolation) == ("gelu", "bicubic")
+    x = images(32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x).permute(0, 3, 1, 2).float()).double().numpy()
+    np.testing.assert_allclose(torch_logits(converted, x), expected, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("layers,patch", [((1, 1), 1), ((), 8)], ids=["r_1_1", "stem_only"])
+def test_timm_hybrid_matches_timm(tmp_path, layers, patch):
+    hybrid = pytest.importorskip("timm.models.vision_transformer_hybrid")
+    backbone = hybrid._resnetv2(layers=layers)  # how timm builds its vit_*_r* models
+    model = timm_model(img_size=64, patch_size=patch, embed_layer=partial(hybrid.HybridEmbed, backbone=backbone))
+    # Weight standardisation makes a filter's scale irrelevant, except through eps: timm divides by
+    # sqrt(var + 1e-8) and normalises groups with eps 1e-5, the official code by std + 1e-5 and 1e-6. Filters of
+    # std ~10 make those differences vanish (< 1e-6), so what is compared is the mapping of every tensor.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith("patch_embed.backbone") and param.ndim == 4:
+                param.mul_(50)
+    save_file(model.state_dict(), tmp_path / "hybrid.safetensors")
+    args = ["--source", "timm", "--checkpoint", tmp_path / "hybrid.safetensors", "--num-heads", "4"]
+    run_cli(*args, "--output", tmp_path / "out")
+    converted = load_converted(tmp_path / "out")
+    assert converted.config.resnet_layers == list(layers) and converted.config.num_attention_heads == 4
+    x = images(64)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x).permute(0, 3, 1, 2).float()).double().numpy()
+    np.testing.assert_allclose(torch_logits(converted, x), expected, atol=TOLERANCE, rtol=0)
+
+
+def test_timm_heads_from_width_table_and_preset_mismatch(tmp_path):
+    model = timm_model(embed_dim=192, num_heads=3, depth=1, patch_size=16, mlp_ratio=4)
+    save_file(model.state_dict(), tmp_path / "ti.safetensors")
+    convert_checkpoint("timm", tmp_path / "ti.safetensors", tmp_path / "out")
+    converted = load_converted(tmp_path / "out")
+    assert converted.config.num_attention_heads == 3
+    x = images(32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x).permute(0, 3, 1, 2).float()).double().numpy()
+    np.testing.assert_allclose(torch_logits(converted, x), expected, atol=TOLERANCE, rtol=0)
+    with pytest.raises(ConversionError, match="num_hidden_layers is 1 in the checkpoint but 12 in the preset"):
+        convert_checkpoint("timm", tmp_path / "ti.safetensors", tmp_path / "preset", preset="ViT-Ti/16")
+    assert not (tmp_path / "preset").exists()
+
+
+def test_timm_fc_norm_is_refused_by_name(tmp_path):
+    model = timm_model(class_token=False, global_pool="avg")
+    save_file(model.state_dict(), tmp_path / "gap.safetensors")
+    with pytest.raises(ConversionError, match=r"normalises after pooling \(fc_norm"):
+        convert_checkpoint("timm", tmp_path / "gap.safetensors", tmp_path / "out", num_heads=4)
+    assert not (tmp_path / "out").exists()
+
+
+# --- transformers -----------------------------------------------------------------------------------------------
+
+
+def transformers_vit(model_class: str = "ViTForImageClassification", **overrides):
+    import transformers
+
+    fields = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_labels=3,
+        id2label={0: "cat", 1: "dog", 2: "fish"},
+        label2id={"cat": 0, "dog": 1, "fish": 2},
+    )
+    config = transformers.ViTConfig(**{**fields, **overrides})
+    return randomize(getattr(transformers, model_class)(config))
+
+
+@pytest.mark.parametrize("names", ["saved_old_names", "in_memory_new_names"])
+def test_transformers_matches_transformers(tmp_path, names):
+    model = transformers_vit(hidden_act="gelu_new", layer_norm_eps=1e-5)
+    folder = tmp_path / "source"
+    model.save_pretrained(folder)
+    if names == "in_memory_new_names":
+        (folder / "model.safetensors").unlink()
+        save_file({key: value.contiguous() for key, value in model.state_dict().items()}, folder / "model.safetensors")
+        assert any(".q_proj." in key for key in load_file(folder / "model.safetensors"))
+    else:
+        assert any(".attention.attention.query." in key for key in load_file(folder / "model.safetensors"))
+    run_cli("--source", "transformers", "--checkpoint", folder, "--output", tmp_path / "out")
+    converted = load_converted(tmp_path / "out")
+    assert (converted.config.hidden_act, converted.config.layer_norm_eps) == ("gelu_new", 1e-5)
+    assert converted.config.id2label == {0: "cat", 1: "dog", 2: "fish"}
+    x = images(32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x).permute(0, 3, 1, 2).float()).logits.double().numpy()
+    np.testing.assert_allclose(torch_logits(converted, x), expected, atol=TOLERANCE, rtol=0)
+
+
+def test_transformers_base_model_with_pooler_needs_a_head(tmp_path):
+    model = transformers_vit("ViTModel")
+    model.save_pretrained(tmp_path / "source")
+    with pytest.raises(ConversionError, match="has no classification head; pass num_labels"):
+        convert_checkpoint("transformers", tmp_path / "source", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    convert_checkpoint("transformers", tmp_path / "source", tmp_path / "out", num_labels=7)
+    converted = load_converted(tmp_path / "out")
+    assert converted.config.num_labels == 7 and converted.config.representation_size is None
+    x = torch.from_numpy(images(32)).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            converted.vit(x).last_hidden_state, model(x).last_hidden_state, atol=TOLERANCE, rtol=0
+        )
+
+
+def test_transformers_pooler_is_the_representation_layer(tmp_path):
+    from hf_vit.convert import load_checkpoint
+
+    model = transformers_vit("ViTModel")
+    model.save_pretrained(tmp_path / "source")
+    converted = load_checkpoint("transformers", tmp_path / "source")
+    assert converted.config.representation_size == 32
+    ours = AutoModelForImageClassification.from_config(converted.config).eval()
+    missing, unexpected = ours.load_state_dict(converted.state_dict, strict=False)
+    assert missing == ["classifier.weight", "classifier.bias"] and unexpected == []
+    x = torch.from_numpy(images(32)).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        torch.testing.assert_close(ours.vit(x).pooler_output, model(x).pooler_output, atol=TOLERANCE, rtol=0)
+
+
+# --- bad input --------------------------------------------------------------------------------------------------
+
+
+def test_not_a_checkpoint(tmp_path):
+    (tmp_path / "notes.npz").write_text("not a checkpoint")
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    (tmp_path / "folder").mkdir()
+    cases = [
+        ("jax", tmp_path / "notes.npz", "notes.npz is not a NumPy .npz checkpoint"),
+        ("timm", tmp_path / "notes.pth", "notes.pth is not a PyTorch checkpoint that loads with weights_only=True"),
+        ("transformers", tmp_path / "folder", "is not a transformers model folder: it has no config.json"),
+        ("jax", tmp_path / "missing.npz", "missing.npz does not exist"),
+    ]
+    for source, path, message in cases:
+        with pytest.raises(ConversionError, match=message):
+            convert_checkpoint(source, path, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+
+def test_jax_missing_unexpected_and_misshapen_keys_are_named(tmp_path):
+    params = nv.make_params()
+    missing = {k: v for k, v in params.items() if k != "Transformer/encoder_norm/scale"}
+    unexpected = {**params, "extra/kernel": np.zeros((2, 2), np.float32)}
+    misshapen = {**params, "Transformer/encoderblock_1/MlpBlock_3/Dense_0/kernel": np.zeros((32, 48), np.float32)}
+    no_vit = {"conv1/kernel": np.zeros((3, 3, 3, 8), np.float32)}
+    cases = [
+        (missing, "is missing the key 'Transformer/encoder_norm/scale'"),
+        (unexpected, "has unexpected keys that hf_vit's architecture has no place for: extra/kernel"),
+        (misshapen, r"fit no single architecture: vit\.layers\.1\.mlp\.fc1\.weight \(48, 32\) \(model: \(64, 32\)\)"),
+        (no_vit, "has no Transformer/encoderblock_N keys, so it is not a ViT checkpoint"),
+    ]
+    for index, (checkpoint, message) in enumerate(cases):
+        path = save_npz(tmp_path / f"bad{index}.npz", checkpoint)
+        with pytest.raises(ConversionError, match=message):
+            convert_checkpoint("jax", path, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+
+def test_timm_and_transformers_unexpected_weights_are_named(tmp_path):
+    layer_scale = timm_model(init_values=0.1)  # LayerScale: ls1.gamma / ls2.gamma, which hf_vit does not have
+    save_file(layer_scale.state_dict(), tmp_path / "ls.safetensors")
+    with pytest.raises(
+        ConversionError, match=r"no place for: blocks\.0\.ls1\.gamma, blocks\.0\.ls2\.gamma, blocks\.1\.ls1\.gamma"
+    ):
+        convert_checkpoint("timm", tmp_path / "ls.safetensors", tmp_path / "out", num_heads=4)
+    transformers_vit().save_pretrained(tmp_path / "deit")
+    config = json.loads((tmp_path / "deit" / "config.json").read_text())
+    (tmp_path / "deit" / "config.json").write_text(json.dumps({**config, "model_type": "deit"}))
+    with pytest.raises(ConversionError, match="is a 'deit' model; only transformers ViT"):
+        convert_checkpoint("transformers", tmp_path / "deit", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_is_left_untouched(tmp_path):
+    checkpoint = save_npz(tmp_path / "ckpt.npz", nv.make_params())
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(ConversionError, match="already exists and is not an empty folder"):
+        convert_checkpoint("jax", checkpoint, tmp_path / "out")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+    (tmp_path / "empty").mkdir()
+    convert_checkpoint("jax", checkpoint, tmp_path / "empty")
+    assert (tmp_path / "empty" / "model.safetensors").is_file()
+
+
+def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
+    from hf_vit.convert import common
+
+    def broken_card(converted):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(common, "create_model_card", broken_card)
+    checkpoint = save_npz(tmp_path / "ckpt.npz", nv.make_params())
+    with pytest.raises(OSError, match="disk full"):
+        convert_checkpoint("jax", checkpoint, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.npz"]
+
+
+def test_bad_image_size_is_named(tmp_path):
+    checkpoint = save_npz(tmp_path / "ckpt.npz", nv.make_params())
+    with pytest.raises(ConversionError, match=r"Cannot resize to 36: image_size \(36x36\) must be divisible"):
+        convert_checkpoint("jax", checkpoint, tmp_path / "out", image_size=36)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_error_is_a_message_not_a_traceback(tmp_path):
+    (tmp_path / "notes.npz").write_text("not a checkpoint")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "convert_checkpoint.py"), "--source", "jax"]
+        + ["--checkpoint", str(tmp_path / "notes.npz"), "--output", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: ") and "notes.npz is not a NumPy .npz checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_full_size_vit_b16_npz_with_preset(tmp_path):
+    params = nv.make_params(hidden=768, layers=12, heads=12, mlp=3072, patch=16, grid=14, num_classes=1000)
+    checkpoint = save_npz(tmp_path / "ViT-B_16.npz", opt_target(params))
+    convert_checkpoint("jax", checkpoint, tmp_path / "out", preset="ViT-B/16")
+    model = load_converted(tmp_path / "out")
+    assert sum(p.numel() for p in model.parameters()) == 86_567_656  # the paper's count for ViT-B/16
+    x = images(224, count=1)
+    np.testing.assert_allclose(torch_logits(model, x), nv.forward(params, x), atol=TOLERANCE, rtol=0)
