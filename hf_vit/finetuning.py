@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 from .cli import add_run_arguments
 from .configuration import POS_EMBED_INTERPOLATIONS, to_pair
@@ -61,6 +62,7 @@ def prepare_for_finetuning(
     config.pos_embed_interpolation = interpolation or config.pos_embed_interpolation
     config.representation_size = None
     config.problem_type = None
+    config.architectures = [type(model).__name__]
     config.num_labels = num_labels
     config.id2label = id2label
     config.label2id = {name: i for i, name in id2label.items()}
@@ -137,6 +139,20 @@ class TrainerCollate(Collate):
         batch = super().__call__(items)
         batch.pop("skipped")
         return batch
+
+
+class EpochAugmentation(TrainerCallback):
+    """Tell the training samples the epoch, so that their seeded augmentation differs from epoch to epoch.
+
+    Accelerate forwards `set_epoch` to the sampler rather than the dataset when the sampler has one, as the Trainer's
+    does; this callback (added to the Trainer) reaches the dataset before each epoch's data loader starts.
+    """
+
+    def __init__(self, samples):
+        self.samples = samples
+
+    def on_epoch_begin(self, args, state, control, **kwargs) -> None:
+        self.samples.set_epoch(math.floor(state.epoch + 1e-6))
 
 
 def top_k_indices(logits: torch.Tensor | tuple, labels: torch.Tensor) -> torch.Tensor:
@@ -241,10 +257,14 @@ def finetune(args: argparse.Namespace) -> dict[str, float]:
         processing_class=processor,
         compute_metrics=ComputeMetrics(len(names)),
         preprocess_logits_for_metrics=top_k_indices,
+        callbacks=[EpochAugmentation(train)],
     )
     resume = args.resume_from_checkpoint
     trained = trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
     trained.metrics["train_steps"] = trainer.state.global_step
+    trained.metrics["total_train_batch_size"] = (
+        trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size
+    )
     trainer.save_model()
     trainer.log_metrics("train", trained.metrics)
     trainer.save_metrics("train", trained.metrics)
@@ -253,7 +273,7 @@ def finetune(args: argparse.Namespace) -> dict[str, float]:
     trainer.save_metrics("eval", metrics)
     results = {**trained.metrics, **metrics}
     if trainer.is_world_process_zero():
-        card = write_model_card(args, model, results)
+        card = write_model_card(args, model, results, data.eval_split)
         if args.push_to_hub:
             push_to_hub(args.push_to_hub, trainer.model, processor, card)
     return results
@@ -266,7 +286,7 @@ def _hub_id(name: str) -> str | None:
     return name
 
 
-def write_model_card(args: argparse.Namespace, model, results: dict[str, float]):
+def write_model_card(args: argparse.Namespace, model, results: dict[str, float], eval_split: str):
     """The fine-tuned model's README.md: what it was fine-tuned from and on, at what resolution, and how well."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -283,7 +303,7 @@ def write_model_card(args: argparse.Namespace, model, results: dict[str, float])
                 task_type="image-classification",
                 dataset_type=dataset or args.dataset,
                 dataset_name=args.dataset,
-                dataset_split=args.eval_split,
+                dataset_split=eval_split,
                 metric_type="accuracy",
                 metric_value=accuracy,
             )
@@ -303,9 +323,11 @@ def write_model_card(args: argparse.Namespace, model, results: dict[str, float])
     body = (
         f"# {name}\n\n"
         f"A Vision Transformer (hf_vit) fine-tuned from `{args.model}` on `{args.dataset}` "
-        f"({config.num_labels} classes) at {height}x{width} px, for {results.get('train_steps', '?')} updates "
-        f"of SGD with momentum (the paper's fine-tuning recipe: cosine schedule, no weight decay, clip 1).\n\n"
-        f"Held-out results ({args.eval_split or 'the default eval split'}):\n\n| metric | value |\n|---|---|\n"
+        f"({config.num_labels} classes) at {height}x{width} px: {results['train_steps']} updates of SGD with "
+        f"momentum {args.momentum}, batch {results['total_train_batch_size']}, peak learning rate "
+        f"{args.learning_rate:g} with a {args.lr_schedule} schedule, weight decay {args.weight_decay:g}, gradient "
+        f"clipping at {args.grad_clip:g}; a new zero-initialised head, no representation layer.\n\n"
+        f"Results on the {eval_split} split:\n\n| metric | value |\n|---|---|\n"
         f"{table}\n\n"
         "## Use\n\n```python\nfrom transformers import pipeline\n\n"
         f'classify = pipeline("image-classification", model="{args.push_to_hub or args.output_dir}", '

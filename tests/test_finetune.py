@@ -335,3 +335,15 @@ def test_finetuned_folder_runs_in_a_pipeline_without_hf_vit(finetuned, digits_fo
     top = probs.topk(3)
     assert [p["label"] for p in result] == [DIGIT_NAMES[i] for i in top.indices]
     np.testing.assert_allclose([p["score"] for p in result], top.values, atol=1e-5)
+
+
+def test_training_samples_learn_the_epoch():
+    """Seeded augmentation must change between epochs; the Trainer's data loader only tells its sampler."""
+    from transformers import TrainerControl, TrainerState
+
+    from hf_vit.data import ImageSamples
+    from hf_vit.finetuning import EpochAugmentation
+
+    samples = ImageSamples([], transform=None, image_column="image", label_column="label")
+    EpochAugmentation(samples).on_epoch_begin(None, TrainerState(epoch=2.9999999999), TrainerControl())
+    assert samples.epoch == 3
