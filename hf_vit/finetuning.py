@@ -203,7 +203,7 @@ def training_arguments(args: argparse.Namespace, max_steps: int):
         weight_decay=args.weight_decay,
         lr_scheduler_type=args.lr_schedule,
         warmup_steps=args.warmup_steps if args.warmup_steps is not None else default_warmup(max_steps),
-        max_grad_norm=args.grad_clip if args.grad_clip > 0 else None,
+        max_grad_norm=max(args.grad_clip, 0.0),
         bf16=args.bf16,
         torch_compile=args.torch_compile,
         activation_checkpointing=args.gradient_checkpointing,

@@ -347,3 +347,26 @@ def test_training_samples_learn_the_epoch():
     samples = ImageSamples([], transform=None, image_column="image", label_column="label")
     EpochAugmentation(samples).on_epoch_begin(None, TrainerState(epoch=2.9999999999), TrainerControl())
     assert samples.epoch == 3
+
+
+def test_gradient_accumulation_makes_the_same_update_as_one_big_batch(digits_folder, pretrained_folder, tmp_path):
+    """Two micro-batches of 8 must step like one batch of 16 (the same images, crops seeded per image)."""
+    finetune = script("finetune").main
+    common = ["--model", str(pretrained_folder), "--dataset", str(digits_folder), "--max-steps", "1"]
+    common += ["--eval-fraction", "0.25", "--learning-rate", "0.5", "--grad-clip", "0", "--save-every", "100"]
+    assert (
+        finetune(
+            [*common, "--per-device-batch-size", "16", "--total-batch-size", "16", "--output-dir", str(tmp_path / "a")]
+        )
+        == 0
+    )
+    assert (
+        finetune(
+            [*common, "--per-device-batch-size", "8", "--total-batch-size", "16", "--output-dir", str(tmp_path / "b")]
+        )
+        == 0
+    )
+    one, two = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert torch.count_nonzero(one["classifier.weight"]) > 0
+    for name, tensor in one.items():
+        torch.testing.assert_close(two[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
