@@ -100,7 +100,7 @@ def test_prepare_for_finetuning_new_head_no_pre_logits_resized_positions():
     assert resized.shape == (1, 1 + 36, TINY["hidden_size"])
     torch.testing.assert_close(resized, hf_vit.resize_pos_embed(old, (4, 4), (6, 6), 1, "official"), rtol=0, atol=0)
     torch.testing.assert_close(resized[0, 0], old[0, 0], rtol=0, atol=0)
-    grid = old[0, 1:].reshape(4, 4, -1)
+    grid = old[0, 1:].reshape(4, 4, -1)  # aligned corners: the four corner embeddings are kept exactly
     torch.testing.assert_close(
         resized[0, 1:].reshape(6, 6, -1)[[0, 0, -1, -1], [0, -1, 0, -1]], grid[[0, 0, -1, -1], [0, -1, 0, -1]]
     )
