@@ -65,7 +65,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass
 class ImageData:
-    """Train and eval splits with their columns and label names."""
+    """Train and eval splits with their columns and label names (`train` is None when only one split is loaded)."""
 
     train: Any
     eval: Any
@@ -73,6 +73,7 @@ class ImageData:
     label_column: str
     label_names: list[str]
     streaming: bool = False
+    eval_split: str = "held-out"
     skipped: dict[str, int] = field(default_factory=lambda: {"train": 0, "eval": 0})
 
 
@@ -132,38 +133,70 @@ def _pick(columns: Iterable[str], wanted: str | None, candidates: tuple[str, ...
     raise ValueError(f"No {what} column found among {columns}; pass --{what}-column.")
 
 
-def load_image_data(args: argparse.Namespace, seed: int = 0) -> ImageData:
-    """Load --dataset, choose the image/label columns and the eval split, and check the labels are classes."""
-    raw = _load_raw(args)
-    if args.train_split not in raw:
-        raise ValueError(f"--train-split {args.train_split!r} not found; splits are {list(raw)}.")
-    train = raw[args.train_split]
-    columns = train.column_names or list(train.features or {})
+def _columns(dataset, args: argparse.Namespace) -> tuple[str, str, list[str]]:
+    """The image and label columns of `dataset` and the class names, checking the labels are classes."""
+    columns = dataset.column_names or list(dataset.features or {})
     image_column = _pick(columns, args.image_column, IMAGE_COLUMNS, "image")
     label_column = _pick(columns, args.label_column, LABEL_COLUMNS, "label")
-    label_feature = (train.features or {}).get(label_column)
+    label_feature = (dataset.features or {}).get(label_column)
     names = getattr(label_feature, "names", None)
     if names is None:
         raise ValueError(
             f"Label column {label_column!r} is not a class label (it is {label_feature}); choose a ClassLabel "
             f"column with --label-column from {columns}."
         )
+    return image_column, label_column, list(names)
+
+
+def _undecoded(dataset, image_column: str, streaming: bool):
+    """Images left as bytes/paths, so that ImageSamples decodes them and can skip the unreadable ones."""
+    if streaming:
+        return dataset
+    from datasets import Image as ImageFeature
+
+    return dataset.cast_column(image_column, ImageFeature(decode=False))
+
+
+def load_split(args: argparse.Namespace, split: str) -> ImageData:
+    """One whole split of --dataset (as `eval`, with no training split), for evaluating a trained model."""
+    raw = _load_raw(args)
+    if split not in raw:
+        raise ValueError(f"Split {split!r} not found; splits are {list(raw)}.")
+    dataset = raw[split]
+    image_column, label_column, names = _columns(dataset, args)
+    evaluation = _undecoded(dataset, image_column, args.streaming)
+    return ImageData(None, evaluation, image_column, label_column, names, args.streaming, eval_split=split)
+
+
+def load_image_data(args: argparse.Namespace, seed: int = 0) -> ImageData:
+    """Load --dataset, choose the image/label columns and the eval split, and check the labels are classes."""
+    raw = _load_raw(args)
+    if args.train_split not in raw:
+        raise ValueError(f"--train-split {args.train_split!r} not found; splits are {list(raw)}.")
+    train = raw[args.train_split]
+    image_column, label_column, names = _columns(train, args)
     eval_split = args.eval_split or next((s for s in ("validation", "valid", "val", "test") if s in raw), None)
     if eval_split is not None:
         if eval_split not in raw:
             raise ValueError(f"--eval-split {eval_split!r} not found; splits are {list(raw)}.")
         evaluation = raw[eval_split]
+        eval_names = _columns(evaluation, args)[2]
+        if eval_names != names:
+            raise ValueError(
+                f"The classes of split {eval_split!r} ({eval_names[:10]}) differ from those of --train-split "
+                f"{args.train_split!r} ({names[:10]}): the labels would mean different things."
+            )
     elif args.streaming:
         raise ValueError("A streamed dataset needs an --eval-split: a fraction cannot be held out of a stream.")
     else:
         parts = train.train_test_split(test_size=args.eval_fraction, seed=seed, stratify_by_column=label_column)
         train, evaluation = parts["train"], parts["test"]
-    if not args.streaming:
-        from datasets import Image as ImageFeature
-
-        train = train.cast_column(image_column, ImageFeature(decode=False))
-        evaluation = evaluation.cast_column(image_column, ImageFeature(decode=False))
-    return ImageData(train, evaluation, image_column, label_column, list(names), args.streaming)
+    train = _undecoded(train, image_column, args.streaming)
+    evaluation = _undecoded(evaluation, image_column, args.streaming)
+    held_out = f"held-out {args.eval_fraction:g} of {args.train_split!r}"
+    return ImageData(
+        train, evaluation, image_column, label_column, names, args.streaming, eval_split=eval_split or held_out
+    )
 
 
 def decode_image(value: Any) -> Image.Image | None:

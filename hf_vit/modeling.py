@@ -229,6 +229,9 @@ class VisionTransformerPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+    # The losses are per-batch means. Without this the Trainer takes `**kwargs` in forward for a loss that sums over
+    # `num_items_in_batch`, and stops dividing by the gradient-accumulation steps: updates grow with the accumulation.
+    accepts_loss_kwargs = False
     _can_record_outputs = {"hidden_states": VisionTransformerLayer, "attentions": VisionTransformerAttention}
 
     def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:

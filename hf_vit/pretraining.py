@@ -22,6 +22,7 @@ import torch
 from huggingface_hub import ModelCard
 from torch.nn import functional as F
 
+from .cli import add_run_arguments
 from .configuration import to_pair
 from .data import Collate, ImageData, ImageSamples, StreamedImages, build_transforms, is_digits, load_image_data
 from .hub import push_model
@@ -58,16 +59,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--max-steps", type=int, default=None, help="Optimizer updates; overrides --epochs.")
     opt.add_argument("--epochs", type=float, default=None, help="Default 30 for the built-in digits, else 90.")
     opt.add_argument("--grad-clip", type=float, default=1.0, help="Global gradient norm clip; 0 turns it off.")
-    run = parser.add_argument_group("run")
-    run.add_argument("--output-dir", default="outputs/pretrain")
-    run.add_argument("--eval-every", type=int, default=None, help="Evaluate every N updates (and at the end).")
-    run.add_argument("--save-every", type=int, default=1000, help="Checkpoint every N updates (and at the end).")
-    run.add_argument("--save-total-limit", type=int, default=2, help="Rotating checkpoints kept.")
-    run.add_argument("--logging-every", type=int, default=20)
-    run.add_argument("--resume-from-checkpoint", default=None, metavar="PATH|latest")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--report-to", default="none", help="Accelerate trackers: tensorboard, wandb, ... or none.")
-    run.add_argument("--push-to-hub", default=None, metavar="REPO", help="Push the final model to this Hub repo.")
+    add_run_arguments(parser, output_dir="outputs/pretrain")
 
 
 def parse_overrides(text: str) -> dict[str, Any]:

@@ -1,0 +1,345 @@
+"""Fine-tuning with the Hugging Face Trainer: the paper's downstream recipe on a pre-trained ViT.
+
+SGD with momentum 0.9, a linear warm-up then cosine decay, no weight decay, gradient clipping at global norm 1 and
+batch 512 (reached by gradient accumulation). The pre-trained head and representation (pre-logits) layer are
+dropped, a zero-initialised head for the new classes takes their place, and the position embeddings are resized
+to the fine-tuning resolution.
+"""
+
+import argparse
+import copy
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from .cli import add_run_arguments
+from .configuration import POS_EMBED_INTERPOLATIONS, to_pair
+from .data import Collate, ImageSamples, StreamedImages, build_transforms, is_digits, load_image_data
+from .evaluation import TOP_K, ProcessorTransform, check_model_name, classification_metrics
+from .pos_embed import resize_pos_embed
+from .processing import create_image_processor
+
+PAPER_BATCH_SIZE = 512
+PAPER_WARMUP_STEPS = 500
+PAPER_STEPS = 10_000  # CIFAR; ImageNet 20k, Pets and Flowers 500, VTAB 2.5k
+DIGITS_STEPS = 100
+DROPPED_PREFIXES = ("classifier.", "vit.pre_logits.")
+
+
+def prepare_for_finetuning(
+    model: torch.nn.Module,
+    num_labels: int,
+    id2label: dict[int, str] | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    interpolation: str | None = None,
+) -> torch.nn.Module:
+    """A new model for fine-tuning from a pre-trained hf_vit classifier, which is left untouched.
+
+    The new model has `num_labels` classes with a zero-initialised head, no representation layer, and position
+    embeddings resized from the old token grid to that of `image_size` with `interpolation` ("official" or
+    "bicubic"; default the model's `config.pos_embed_interpolation`, which the new config keeps).
+    """
+    if not (hasattr(model, "vit") and hasattr(model, "classifier") and hasattr(model.config, "grid_size")):
+        raise ValueError(
+            f"Fine-tuning needs an hf_vit image classifier; got {type(model).__name__}. Convert the checkpoint "
+            "to hf_vit first."
+        )
+    if num_labels < 1:
+        raise ValueError(f"num_labels must be positive, got {num_labels}.")
+    if interpolation is not None and interpolation not in POS_EMBED_INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {POS_EMBED_INTERPOLATIONS}, got {interpolation!r}.")
+    id2label = {int(i): str(name) for i, name in (id2label or {i: f"LABEL_{i}" for i in range(num_labels)}).items()}
+    if sorted(id2label) != list(range(num_labels)):
+        raise ValueError(f"id2label must name classes 0..{num_labels - 1}; it has keys {sorted(id2label)[:10]}.")
+    config = copy.deepcopy(model.config)
+    old_grid = config.grid_size
+    if image_size is not None:
+        config.image_size = image_size if isinstance(image_size, int) else list(to_pair(image_size))
+    config.pos_embed_interpolation = interpolation or config.pos_embed_interpolation
+    config.representation_size = None
+    config.problem_type = None
+    config.architectures = [type(model).__name__]
+    config.num_labels = num_labels
+    config.id2label = id2label
+    config.label2id = {name: i for i, name in id2label.items()}
+    config.check()
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(DROPPED_PREFIXES)}
+    key = "vit.embeddings.position_embeddings"
+    state[key] = resize_pos_embed(
+        state[key], old_grid, config.grid_size, model.vit.embeddings.num_prefix_tokens, config.pos_embed_interpolation
+    )
+    parameter = next(model.parameters())
+    new_model = type(model)(config).to(device=parameter.device, dtype=parameter.dtype)
+    missing, unexpected = new_model.load_state_dict(state, strict=False)
+    if sorted(missing) != ["classifier.bias", "classifier.weight"] or unexpected:
+        raise RuntimeError(f"Unexpected weights moving to the new model: missing {missing}, unexpected {unexpected}.")
+    return new_model.train(model.training)
+
+
+def add_finetuning_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, optimisation and Trainer flags of finetune.py (the data flags come from data.py)."""
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model", default="outputs/pretrain", help="A pre-trained hf_vit folder or Hub repo (default: pretrain.py's)."
+    )
+    model.add_argument(
+        "--pos-embed-interpolation",
+        choices=POS_EMBED_INTERPOLATIONS,
+        default=None,
+        help="How position embeddings are resized to --image-size (default: the model's, 'official').",
+    )
+    model.add_argument("--trust-remote-code", action="store_true", help="Allow a Hub repo's own modeling code.")
+    opt = parser.add_argument_group("optimisation (defaults: the paper's fine-tuning recipe)")
+    opt.add_argument(
+        "--learning-rate", type=float, default=0.03, help="Peak SGD rate; the paper sweeps 0.001, 0.003, 0.01, 0.03."
+    )
+    opt.add_argument("--momentum", type=float, default=0.9)
+    opt.add_argument("--weight-decay", type=float, default=0.0)
+    opt.add_argument(
+        "--max-steps", type=int, default=None, help=f"Updates; default {PAPER_STEPS:,} ({DIGITS_STEPS} for digits)."
+    )
+    opt.add_argument(
+        "--warmup-steps", type=int, default=None, help=f"Default {PAPER_WARMUP_STEPS}, at most 5%% of the run."
+    )
+    opt.add_argument("--lr-schedule", choices=("cosine", "linear"), default="cosine")
+    opt.add_argument("--grad-clip", type=float, default=1.0, help="Global gradient norm clip; 0 turns it off.")
+    opt.add_argument("--per-device-batch-size", type=int, default=64)
+    opt.add_argument(
+        "--gradient-accumulation-steps",
+        type=int,
+        default=None,
+        help="Default: enough to reach --total-batch-size over all devices.",
+    )
+    opt.add_argument("--total-batch-size", type=int, default=PAPER_BATCH_SIZE)
+    trainer = parser.add_argument_group("Trainer")
+    trainer.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision.")
+    trainer.add_argument("--torch-compile", action="store_true", help="Compile the model with torch.compile.")
+    trainer.add_argument("--gradient-checkpointing", action="store_true", help="Recompute activations in backward.")
+    add_run_arguments(parser, output_dir="outputs/finetune")
+
+
+def default_accumulation(total_batch_size: int, per_device: int, world_size: int) -> int:
+    """Micro-batches per update so that an update sees at least `total_batch_size` images."""
+    return max(1, math.ceil(total_batch_size / (per_device * world_size)))
+
+
+def default_warmup(max_steps: int) -> int:
+    """The paper's 500 warm-up steps, shortened to 5% for short runs."""
+    return min(PAPER_WARMUP_STEPS, max_steps // 20)
+
+
+class TrainerCollate(Collate):
+    """Collate for the Trainer: it passes every key to the model, so the count of skipped images is dropped."""
+
+    def __call__(self, items: list) -> dict[str, Any]:
+        batch = super().__call__(items)
+        batch.pop("skipped")
+        return batch
+
+
+class EpochAugmentation(TrainerCallback):
+    """Tell the training samples the epoch, so that their seeded augmentation differs from epoch to epoch.
+
+    Accelerate forwards `set_epoch` to the sampler rather than the dataset when the sampler has one, as the Trainer's
+    does; this callback (added to the Trainer) reaches the dataset before each epoch's data loader starts.
+    """
+
+    def __init__(self, samples):
+        self.samples = samples
+
+    def on_epoch_begin(self, args, state, control, **kwargs) -> None:
+        self.samples.set_epoch(math.floor(state.epoch + 1e-6))
+
+
+def top_k_indices(logits: torch.Tensor | tuple, labels: torch.Tensor) -> torch.Tensor:
+    """Keep the best classes of each image on device, not all logits: all the metrics need, and small to gather."""
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return logits.topk(min(TOP_K, logits.shape[-1]), dim=-1).indices
+
+
+class ComputeMetrics:
+    """The Trainer's compute_metrics: accuracy (and top-5 accuracy) through the metric modules shipped in hf_vit."""
+
+    def __init__(self, num_labels: int):
+        self.num_labels = num_labels
+
+    def __call__(self, prediction) -> dict[str, float]:
+        return classification_metrics(prediction.predictions, prediction.label_ids, self.num_labels)
+
+
+def load_pretrained(name: str, trust_remote_code: bool = False):
+    from transformers import AutoModelForImageClassification
+
+    check_model_name(name)
+    try:
+        return AutoModelForImageClassification.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        raise ValueError(
+            f"--model {name!r}: not a saved model folder or a reachable Hub repo ({error}). Pre-train one with "
+            "scripts/pretrain.py, or convert official weights."
+        ) from error
+
+
+def training_arguments(args: argparse.Namespace, max_steps: int):
+    from transformers import TrainingArguments
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    accumulation = args.gradient_accumulation_steps or default_accumulation(
+        args.total_batch_size, args.per_device_batch_size, world_size
+    )
+    return TrainingArguments(
+        output_dir=args.output_dir,
+        max_steps=max_steps,
+        per_device_train_batch_size=args.per_device_batch_size,
+        per_device_eval_batch_size=args.per_device_batch_size,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=args.learning_rate,
+        optim="sgd",
+        optim_args=f"momentum={args.momentum}",
+        weight_decay=args.weight_decay,
+        lr_scheduler_type=args.lr_schedule,
+        warmup_steps=args.warmup_steps if args.warmup_steps is not None else default_warmup(max_steps),
+        max_grad_norm=max(args.grad_clip, 0.0),
+        bf16=args.bf16,
+        torch_compile=args.torch_compile,
+        activation_checkpointing=args.gradient_checkpointing,
+        logging_steps=args.logging_every,
+        eval_strategy="steps" if args.eval_every else "no",
+        eval_steps=args.eval_every,
+        save_strategy="steps",
+        save_steps=args.save_every,
+        save_total_limit=args.save_total_limit,
+        seed=args.seed,
+        report_to=args.report_to,
+        dataloader_num_workers=args.num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        remove_unused_columns=False,
+        label_names=["labels"],
+    )
+
+
+def finetune(args: argparse.Namespace) -> dict[str, float]:
+    """Fine-tune --model on --dataset; save the model, processor, card and all_results.json in --output-dir."""
+    from transformers import Trainer, set_seed
+
+    if args.mixup:
+        raise ValueError("--mixup is a pre-training option; the paper fine-tunes without it.")
+    set_seed(args.seed)
+    data = load_image_data(args, seed=args.seed)
+    names = data.label_names
+    model = prepare_for_finetuning(
+        load_pretrained(args.model, args.trust_remote_code),
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        image_size=args.image_size,
+        interpolation=args.pos_embed_interpolation,
+    )
+    processor = create_image_processor(model.config)
+    columns = (data.image_column, data.label_column)
+    train_transform = build_transforms(args, to_pair(model.config.image_size), train=True)
+    if data.streaming:
+        train = StreamedImages(data.train.shuffle(seed=args.seed, buffer_size=1000), train_transform, *columns)
+        evaluation = StreamedImages(data.eval, ProcessorTransform(processor), *columns)
+    else:
+        train = ImageSamples(data.train, train_transform, *columns, seed=args.seed)
+        evaluation = ImageSamples(data.eval, ProcessorTransform(processor), *columns)
+    max_steps = args.max_steps or (DIGITS_STEPS if is_digits(args) else PAPER_STEPS)
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(args, max_steps),
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=TrainerCollate(fixed_size=True),
+        processing_class=processor,
+        compute_metrics=ComputeMetrics(len(names)),
+        preprocess_logits_for_metrics=top_k_indices,
+        callbacks=[EpochAugmentation(train)],
+    )
+    resume = args.resume_from_checkpoint
+    trained = trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
+    trained.metrics["train_steps"] = trainer.state.global_step
+    trained.metrics["total_train_batch_size"] = (
+        trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size
+    )
+    trainer.save_model()
+    trainer.log_metrics("train", trained.metrics)
+    trainer.save_metrics("train", trained.metrics)
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    results = {**trained.metrics, **metrics}
+    if trainer.is_world_process_zero():
+        card = write_model_card(args, model, results, data.eval_split)
+        if args.push_to_hub:
+            push_to_hub(args.push_to_hub, trainer.model, processor, card)
+    return results
+
+
+def _hub_id(name: str) -> str | None:
+    """`name` when it reads as a Hub repo id, None for local paths and the built-in digits."""
+    if name == "digits" or os.path.exists(name) or name.count("/") > 1 or name.startswith((".", "/")):
+        return None
+    return name
+
+
+def write_model_card(args: argparse.Namespace, model, results: dict[str, float], eval_split: str):
+    """The fine-tuned model's README.md: what it was fine-tuned from and on, at what resolution, and how well."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    config = model.config
+    height, width = to_pair(config.image_size)
+    accuracy = results.get("eval_accuracy")
+    top5 = results.get(f"eval_top{TOP_K}_accuracy")
+    base, dataset = _hub_id(args.model), _hub_id(args.dataset)
+    name = Path(args.output_dir).name
+    evals = []
+    if accuracy is not None:
+        evals.append(
+            EvalResult(
+                task_type="image-classification",
+                dataset_type=dataset or args.dataset,
+                dataset_name=args.dataset,
+                dataset_split=eval_split,
+                metric_type="accuracy",
+                metric_value=accuracy,
+            )
+        )
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=["vision", "vit", "hf_vit", "image-classification"],
+        base_model=base,
+        datasets=[dataset] if dataset else None,
+        metrics=["accuracy"],
+        model_name=name,
+        eval_results=evals or None,
+    )
+    rows = [("top-1 accuracy", accuracy), ("top-5 accuracy", top5), ("eval loss", results.get("eval_loss"))]
+    table = "\n".join(f"| {label} | {value:.4f} |" for label, value in rows if value is not None)
+    body = (
+        f"# {name}\n\n"
+        f"A Vision Transformer (hf_vit) fine-tuned from `{args.model}` on `{args.dataset}` "
+        f"({config.num_labels} classes) at {height}x{width} px: {results['train_steps']} updates of SGD with "
+        f"momentum {args.momentum}, batch {results['total_train_batch_size']}, peak learning rate "
+        f"{args.learning_rate:g} with a {args.lr_schedule} schedule, weight decay {args.weight_decay:g}, gradient "
+        f"clipping at {args.grad_clip:g}; a new zero-initialised head, no representation layer.\n\n"
+        f"Results on the {eval_split} split:\n\n| metric | value |\n|---|---|\n"
+        f"{table}\n\n"
+        "## Use\n\n```python\nfrom transformers import pipeline\n\n"
+        f'classify = pipeline("image-classification", model="{args.push_to_hub or args.output_dir}", '
+        'trust_remote_code=True)\nclassify("image.jpg")\n```\n'
+    )
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+    card.save(str(Path(args.output_dir) / "README.md"))
+    return card
+
+
+def push_to_hub(repo: str, model, processor, card) -> None:
+    """The one place that publishes a fine-tuned model: weights with code, image processor and card."""
+    model.push_to_hub(repo)
+    processor.push_to_hub(repo)
+    card.push_to_hub(repo)
