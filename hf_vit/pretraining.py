@@ -23,11 +23,12 @@ from huggingface_hub import ModelCard
 from torch.nn import functional as F
 
 from .cli import add_run_arguments
-from .configuration import to_pair
+from .configuration import HybridVisionTransformerConfig, to_pair
 from .data import Collate, ImageData, ImageSamples, StreamedImages, build_transforms, is_digits, load_image_data
 from .hub import push_model
 from .model_card import render_model_card
 from .modeling import VisionTransformerForMaskedPatchPrediction, mean_colour_classes
+from .modeling_hybrid import HybridVisionTransformerForMaskedPatchPrediction
 from .presets import create_config, resolve_preset
 from .processing import create_image_processor
 
@@ -109,12 +110,19 @@ def build_model(args: argparse.Namespace, data: ImageData):
         if "representation_size" not in overrides:  # the paper pre-trains with the pre-logits layer
             config.representation_size = config.hidden_size
         if args.objective == "masked-patch":
-            return VisionTransformerForMaskedPatchPrediction(config)
+            return masked_patch_class(config)(config)
         return AutoModelForImageClassification.from_config(config)
     config = AutoConfig.from_pretrained(args.model, **overrides, **labels)
     if args.objective == "masked-patch":
-        return VisionTransformerForMaskedPatchPrediction.from_pretrained(args.model, config=config)
+        return masked_patch_class(config).from_pretrained(args.model, config=config)
     return AutoModelForImageClassification.from_pretrained(args.model, config=config, ignore_mismatched_sizes=True)
+
+
+def masked_patch_class(config) -> type:
+    """The masked-patch-prediction model for a ViT or hybrid config."""
+    if isinstance(config, HybridVisionTransformerConfig):
+        return HybridVisionTransformerForMaskedPatchPrediction
+    return VisionTransformerForMaskedPatchPrediction
 
 
 def is_preset(name: str) -> bool:

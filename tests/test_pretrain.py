@@ -105,10 +105,28 @@ def test_resume_continues_the_same_run(imagefolder, tmp_path):
     assert results(resumed)["train_steps"] == 6
 
 
-def test_masked_patch_objective_trains(imagefolder, tmp_path):
+TINY_HYBRID = [
+    "--model",
+    "R+ViT-Ti/16",
+    "--config-overrides",
+    "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,intermediate_size=64,patch_size=1,resnet_layers=(1,)",
+    "--image-size",
+    "16",
+]
+
+
+@pytest.mark.parametrize(
+    "model, architecture",
+    [
+        (TINY_MODEL, "VisionTransformerForMaskedPatchPrediction"),
+        (TINY_HYBRID, "HybridVisionTransformerForMaskedPatchPrediction"),
+    ],
+    ids=["vit", "hybrid"],
+)
+def test_masked_patch_objective_trains(imagefolder, tmp_path, model, architecture):
     out = tmp_path / "mpp"
     run_script(
-        *TINY_MODEL,
+        *model,
         "--dataset",
         str(imagefolder),
         "--output-dir",
@@ -121,7 +139,7 @@ def test_masked_patch_objective_trains(imagefolder, tmp_path):
     summary = results(out)
     assert summary["train_steps"] == 3 and 0 < summary["eval_loss"] < 10
     config = json.loads((out / "config.json").read_text())
-    assert config["architectures"] == ["VisionTransformerForMaskedPatchPrediction"]
+    assert config["architectures"] == [architecture]
 
 
 def test_streams_parquet_shards(tmp_path):
