@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from huggingface_hub import ModelCard
+from transformers import PreTrainedModel, TrainerCallback, TrainingArguments
 
 from .cli import add_run_arguments
 from .configuration import POS_EMBED_INTERPOLATIONS, to_pair
 from .data import Collate, ImageSamples, StreamedImages, build_transforms, is_digits, load_image_data
 from .evaluation import TOP_K, ProcessorTransform, check_model_name, classification_metrics
+from .hub import push_model
+from .model_card import hub_id, render_model_card, weight_changes
 from .pos_embed import resize_pos_embed
 from .processing import create_image_processor
 
@@ -184,9 +187,7 @@ def load_pretrained(name: str, trust_remote_code: bool = False):
         ) from error
 
 
-def training_arguments(args: argparse.Namespace, max_steps: int):
-    from transformers import TrainingArguments
-
+def training_arguments(args: argparse.Namespace, max_steps: int) -> TrainingArguments:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = args.gradient_accumulation_steps or default_accumulation(
         args.total_batch_size, args.per_device_batch_size, world_size
@@ -223,7 +224,11 @@ def training_arguments(args: argparse.Namespace, max_steps: int):
 
 
 def finetune(args: argparse.Namespace) -> dict[str, float]:
-    """Fine-tune --model on --dataset; save the model, processor, card and all_results.json in --output-dir."""
+    """Fine-tune --model on --dataset; save the model, processor, card and all_results.json in --output-dir.
+
+    With --push-to-hub the saved folder is then pushed with `hf_vit.hub.push_model`, which raises `HubError` when
+    the Hub refuses it or cannot be reached (the folder is complete by then).
+    """
     from transformers import Trainer, set_seed
 
     if args.mixup:
@@ -231,13 +236,16 @@ def finetune(args: argparse.Namespace) -> dict[str, float]:
     set_seed(args.seed)
     data = load_image_data(args, seed=args.seed)
     names = data.label_names
+    pretrained = load_pretrained(args.model, args.trust_remote_code)
     model = prepare_for_finetuning(
-        load_pretrained(args.model, args.trust_remote_code),
+        pretrained,
         num_labels=len(names),
         id2label=dict(enumerate(names)),
         image_size=args.image_size,
         interpolation=args.pos_embed_interpolation,
     )
+    changes = weight_changes(pretrained.config, model.config, new_head=True)
+    del pretrained
     processor = create_image_processor(model.config)
     columns = (data.image_column, data.label_column)
     train_transform = build_transforms(args, to_pair(model.config.image_size), train=True)
@@ -273,73 +281,47 @@ def finetune(args: argparse.Namespace) -> dict[str, float]:
     trainer.save_metrics("eval", metrics)
     results = {**trained.metrics, **metrics}
     if trainer.is_world_process_zero():
-        card = write_model_card(args, model, results, data.eval_split)
+        card = finetuning_card(args, trainer.args, model, results, data.eval_split, changes)
+        card.save(Path(args.output_dir) / "README.md")
         if args.push_to_hub:
-            push_to_hub(args.push_to_hub, trainer.model, processor, card)
+            push_model(args.output_dir, args.push_to_hub)
     return results
 
 
-def _hub_id(name: str) -> str | None:
-    """`name` when it reads as a Hub repo id, None for local paths and the built-in digits."""
-    if name == "digits" or os.path.exists(name) or name.count("/") > 1 or name.startswith((".", "/")):
-        return None
-    return name
-
-
-def write_model_card(args: argparse.Namespace, model, results: dict[str, float], eval_split: str):
-    """The fine-tuned model's README.md: what it was fine-tuned from and on, at what resolution, and how well."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    config = model.config
-    height, width = to_pair(config.image_size)
-    accuracy = results.get("eval_accuracy")
-    top5 = results.get(f"eval_top{TOP_K}_accuracy")
-    base, dataset = _hub_id(args.model), _hub_id(args.dataset)
-    name = Path(args.output_dir).name
-    evals = []
-    if accuracy is not None:
-        evals.append(
-            EvalResult(
-                task_type="image-classification",
-                dataset_type=dataset or args.dataset,
-                dataset_name=args.dataset,
-                dataset_split=eval_split,
-                metric_type="accuracy",
-                metric_value=accuracy,
-            )
-        )
-    data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="image-classification",
-        tags=["vision", "vit", "hf_vit", "image-classification"],
-        base_model=base,
-        datasets=[dataset] if dataset else None,
-        metrics=["accuracy"],
-        model_name=name,
-        eval_results=evals or None,
+def finetuning_card(
+    args: argparse.Namespace,
+    training: TrainingArguments,
+    model: PreTrainedModel,
+    results: dict[str, float],
+    eval_split: str,
+    changes: list[str],
+) -> ModelCard:
+    """The fine-tuned model's card: from what and on what, at what resolution, for how long, and how well."""
+    height, width = to_pair(model.config.image_size)
+    dataset = "scikit-learn's digits" if is_digits(args) else args.dataset
+    dataset_id = None if is_digits(args) else hub_id(args.dataset)
+    if args.dataset_config:
+        dataset += f" ({args.dataset_config})"
+    clipping = f"gradient clipping at global norm {args.grad_clip:g}" if args.grad_clip > 0 else "no gradient clipping"
+    warmup = f"linear warm-up over {training.warmup_steps} steps, then " if training.warmup_steps else ""
+    source = (
+        f"Fine-tuned from `{args.model}` on {dataset} ({model.config.num_labels} classes) at {height}×{width} px for "
+        f"{results['train_steps']} steps with hf_vit's `scripts/finetune.py`: SGD with momentum {args.momentum:g}, "
+        f"batch {results['total_train_batch_size']}, peak learning rate {args.learning_rate:g} ({warmup}"
+        f"{args.lr_schedule} decay), weight decay {args.weight_decay:g}, {clipping}. "
+        f"Held-out loss {results['eval_loss']:.4f}."
     )
-    rows = [("top-1 accuracy", accuracy), ("top-5 accuracy", top5), ("eval loss", results.get("eval_loss"))]
-    table = "\n".join(f"| {label} | {value:.4f} |" for label, value in rows if value is not None)
-    body = (
-        f"# {name}\n\n"
-        f"A Vision Transformer (hf_vit) fine-tuned from `{args.model}` on `{args.dataset}` "
-        f"({config.num_labels} classes) at {height}x{width} px: {results['train_steps']} updates of SGD with "
-        f"momentum {args.momentum}, batch {results['total_train_batch_size']}, peak learning rate "
-        f"{args.learning_rate:g} with a {args.lr_schedule} schedule, weight decay {args.weight_decay:g}, gradient "
-        f"clipping at {args.grad_clip:g}; a new zero-initialised head, no representation layer.\n\n"
-        f"Results on the {eval_split} split:\n\n| metric | value |\n|---|---|\n"
-        f"{table}\n\n"
-        "## Use\n\n```python\nfrom transformers import pipeline\n\n"
-        f'classify = pipeline("image-classification", model="{args.push_to_hub or args.output_dir}", '
-        'trust_remote_code=True)\nclassify("image.jpg")\n```\n'
+    metrics = {"accuracy": results["eval_accuracy"]}
+    if f"eval_top{TOP_K}_accuracy" in results:
+        metrics[f"top_{TOP_K}_accuracy"] = results[f"eval_top{TOP_K}_accuracy"]
+    return render_model_card(
+        model,
+        source=source,
+        changes=changes,
+        model_id=args.push_to_hub or args.output_dir,
+        datasets=[dataset_id] if dataset_id else None,
+        base_model=hub_id(args.model),
+        results=metrics,
+        results_dataset=dataset_id or dataset,
+        results_split=eval_split,
     )
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
-    card.save(str(Path(args.output_dir) / "README.md"))
-    return card
-
-
-def push_to_hub(repo: str, model, processor, card) -> None:
-    """The one place that publishes a fine-tuned model: weights with code, image processor and card."""
-    model.push_to_hub(repo)
-    processor.push_to_hub(repo)
-    card.push_to_hub(repo)

@@ -4,6 +4,8 @@ The pre-training, fine-tuning and conversion code call `render_model_card` to wr
 `hf_vit.hub.push_model` writes one when a folder has none.
 """
 
+import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,16 @@ TAGS = ["vision-transformer", "image-classification", "hf_vit", "custom_code"]
 ACTIVATIONS = {"gelu": "exact GELU", "gelu_pytorch_tanh": "GELU (tanh approximation, as the official JAX models)"}
 RESIZES = {"official": "bilinearly with aligned corners (the official code)", "bicubic": "bicubically (as timm)"}
 NOT_ARCHITECTURE = {"num_labels", "image_size", "hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"}
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+
+
+def hub_id(name: str) -> str | None:
+    """`name` when it reads as a Hub repo id ("org/name" or "name") and is not a local path, else None.
+
+    Only Hub ids belong in a card's `base_model` and `datasets` metadata; a local folder of the same shape
+    (e.g. "outputs/pretrain") is what the scripts loaded when it exists, so it is not one.
+    """
+    return name if HUB_ID.fullmatch(name) and not os.path.exists(name) else None
 
 
 def _plain(value: Any) -> Any:
@@ -66,6 +78,21 @@ def _size(value) -> str:
     return f"{height}×{width}"
 
 
+def weight_changes(before: PretrainedConfig, after: PretrainedConfig, new_head: bool) -> list[str]:
+    """The card's `changes` when a model is adapted from `before` to `after` (fine-tuning or conversion)."""
+    changes = []
+    if tuple(before.grid_size) != tuple(after.grid_size):
+        changes.append(
+            f"Position embeddings resized from {_size(before.image_size)} px ({_size(before.grid_size)} tokens) to "
+            f"{_size(after.image_size)} px ({_size(after.grid_size)} tokens) with the "
+            f"{after.pos_embed_interpolation} interpolation."
+        )
+    if new_head:
+        dropped = "; the representation (pre-logits) layer dropped" if before.representation_size else ""
+        changes.append(f"New zero-initialised head with {after.num_labels} classes{dropped}.")
+    return changes
+
+
 def _eval_results(results: Mapping[str, float], dataset: str, split: str) -> list[EvalResult]:
     return [
         EvalResult(
@@ -86,6 +113,7 @@ def render_model_card(
     model_or_config: PreTrainedModel | PretrainedConfig,
     *,
     source: str,
+    changes: list[str] | None = None,
     model_id: str | None = None,
     datasets: str | list[str] | None = None,
     base_model: str | None = None,
@@ -100,6 +128,8 @@ def render_model_card(
         model_or_config: the model (its parameters are counted) or its config (counted on the meta device).
         source: one or more sentences on where the weights come from, e.g. "Pre-trained from scratch on ... for
             N steps with hf_vit's scripts/pretrain.py" or "Converted from the official checkpoint ...".
+        changes: what was done to the weights on the way, one sentence each (position embeddings resized, a new
+            head), listed under the source.
         model_id: the Hub repo id (or folder) that the loading examples use.
         datasets: Hub dataset ids (or names) the model was trained on.
         base_model: the Hub id of the model it was fine-tuned or converted from.
@@ -154,6 +184,7 @@ def render_model_card(
             for k, v in results.items()
         ],
         "source": source.strip(),
+        "changes": list(changes or []),
         "datasets": datasets,
         "base_model": base_model,
         **{k: getattr(config, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers")},

@@ -11,7 +11,6 @@ import ast
 import json
 import math
 import os
-import re
 import shutil
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from .cli import add_run_arguments
 from .configuration import HybridVisionTransformerConfig, to_pair
 from .data import Collate, ImageData, ImageSamples, StreamedImages, build_transforms, is_digits, load_image_data
 from .hub import push_model
-from .model_card import render_model_card
+from .model_card import hub_id, render_model_card
 from .modeling import VisionTransformerForMaskedPatchPrediction, mean_colour_classes
 from .modeling_hybrid import HybridVisionTransformerForMaskedPatchPrediction
 from .presets import create_config, resolve_preset
@@ -35,7 +34,6 @@ from .processing import create_image_processor
 PAPER_RUN_STEPS = 300_000  # ~90 epochs of ImageNet-21k at batch 4096, over which the paper warms up 10k steps
 PAPER_WARMUP_STEPS = 10_000
 STATE_FILE = "trainer_state.json"
-HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # a Hub dataset id rather than files
 
 
 class NonFiniteLossError(RuntimeError):
@@ -504,7 +502,7 @@ class Trainer:
             f"{height}×{width} px, peak learning rate {args.learning_rate:g}, weight decay {args.weight_decay:g}. "
             f"Held-out loss {results['eval_loss']:.4f}."
         )
-        on_hub = not is_digits(args) and HUB_ID.fullmatch(args.dataset) and not Path(args.dataset).exists()
+        on_hub = not is_digits(args) and hub_id(args.dataset)
         return render_model_card(
             model,
             source=source,

@@ -4,7 +4,8 @@ python scripts/convert_checkpoint.py --source jax --checkpoint ViT-B_16.npz --ou
 python scripts/convert_checkpoint.py --source jax --checkpoint ViT-B_16.npz --output vit-b16-384 --image-size 384 \\
     --num-labels 10 --labels labels.txt
 python scripts/convert_checkpoint.py --source timm --checkpoint model.safetensors --preset ViT-B/16 --output out
-python scripts/convert_checkpoint.py --source transformers --checkpoint vit-base-patch16-224/ --output out
+python scripts/convert_checkpoint.py --source transformers --checkpoint vit-base-patch16-224/ --output out \\
+    --base-model google/vit-base-patch16-224 --push-to-hub my-org/vit-base-patch16-224-hf-vit
 
 The folder loads with AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).
 """
@@ -13,6 +14,7 @@ import argparse
 import sys
 
 from hf_vit.convert import SOURCES, ConversionError, convert_checkpoint
+from hf_vit.hub import HubError
 
 
 def parse_image_size(text: str) -> int | tuple[int, int]:
@@ -56,6 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         help="New zero-initialised head (as many classes as --labels, else as the old head); drops pre-logits.",
     )
     parser.add_argument("--labels", default=None, help="Class names: a JSON list or dict, or one name per line.")
+    parser.add_argument(
+        "--base-model",
+        default=None,
+        metavar="REPO",
+        help="Hub repo the checkpoint came from, for the model card (read off the path in the Hugging Face cache).",
+    )
+    parser.add_argument(
+        "--license", default="apache-2.0", help="License of the weights, for the model card (default: apache-2.0)."
+    )
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="Also upload the folder to this repo.")
     args = parser.parse_args(argv)
     try:
@@ -71,10 +82,15 @@ def main(argv: list[str] | None = None) -> int:
             drop_head=args.drop_head,
             labels=args.labels,
             push_to_hub=args.push_to_hub,
+            base_model=args.base_model,
+            license=args.license,
         )
     except ConversionError as error:
         raise SystemExit(f"error: {error}") from None
-    print(f"converted {args.checkpoint} into {folder}")
+    except HubError as error:
+        raise SystemExit(f"error: {error} (the converted model is saved in {args.output})") from None
+    pushed = f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""
+    print(f"converted {args.checkpoint} into {folder}{pushed}")
     return 0
 
 

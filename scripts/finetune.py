@@ -9,6 +9,7 @@ import sys
 
 from hf_vit.data import add_data_arguments
 from hf_vit.finetuning import add_finetuning_arguments, finetune
+from hf_vit.hub import HubError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,8 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except HubError as error:
+        print(f"error: {error} (the fine-tuned model is saved in {args.output_dir})", file=sys.stderr)
+        return 1
     top5 = f", top-5 {results['eval_top5_accuracy']:.4f}" if "eval_top5_accuracy" in results else ""
-    print(f"held-out accuracy {results['eval_accuracy']:.4f}{top5}; saved to {args.output_dir}")
+    pushed = f" and pushed to {args.push_to_hub}" if args.push_to_hub else ""
+    print(f"held-out accuracy {results['eval_accuracy']:.4f}{top5}; saved to {args.output_dir}{pushed}")
     return 0
 
 

@@ -115,7 +115,9 @@ def test_output_folder_holds_weights_config_processor_and_card(tmp_path):
     names = {path.name for path in (tmp_path / "out").iterdir()}
     assert {"model.safetensors", "config.json", "modeling.py", "preprocessor_config.json", "README.md"} <= names
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "ViT-Tiny.npz" in card and "gelu_pytorch_tanh" in card and "pipeline_tag: image-classification" in card
+    assert "from the official JAX (.npz) checkpoint `ViT-Tiny.npz`; the weights are as in the checkpoint" in card
+    assert "GELU (tanh approximation" in card and "pipeline_tag: image-classification" in card
+    assert "base_model" not in card and "Changes made" not in card
     processor = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
     assert processor["size"] == {"height": 32, "width": 32} and processor["image_mean"] == [0.5, 0.5, 0.5]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
@@ -193,6 +195,9 @@ def test_new_head_drops_representation_and_names_labels(tmp_path):
     weights = load_file(tmp_path / "new" / "model.safetensors")
     assert not any(key.startswith("vit.pre_logits") for key in weights)
     assert weights["classifier.weight"].shape == (3, 32) and not weights["classifier.weight"].any()
+    card = (tmp_path / "new" / "README.md").read_text()
+    assert "New zero-initialised head with 3 classes; the representation (pre-logits) layer dropped." in card
+    assert "Labels | cat, dog, fish |" in card
     full, new = load_converted(tmp_path / "full"), load_converted(tmp_path / "new")
     assert new.config.representation_size is None
     assert new.config.id2label == {0: "cat", 1: "dog", 2: "fish"} and new.config.label2id["fish"] == 2
@@ -479,10 +484,10 @@ def test_existing_output_is_left_untouched(tmp_path):
 def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
     from hf_vit.convert import common
 
-    def broken_card(converted):
+    def broken_processor(config):
         raise OSError("disk full")
 
-    monkeypatch.setattr(common, "create_model_card", broken_card)
+    monkeypatch.setattr(common, "create_image_processor", broken_processor)  # after the weights are written
     checkpoint = save_npz(tmp_path / "ckpt.npz", nv.make_params())
     with pytest.raises(OSError, match="disk full"):
         convert_checkpoint("jax", checkpoint, tmp_path / "out")
@@ -511,6 +516,48 @@ def test_cli_error_is_a_message_not_a_traceback(tmp_path):
     assert result.stderr.strip().startswith("error: ") and "notes.npz is not a NumPy .npz checkpoint" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_pushes_the_converted_folder_and_fails_in_one_line(hub, tmp_path, capsys):
+    from huggingface_hub import HfApi, ModelCard
+
+    snapshot = tmp_path / "hf-cache" / "models--org--vit-tiny-jax" / "snapshots" / "0123abc"  # as hf_hub_download
+    snapshot.mkdir(parents=True)
+    checkpoint = save_npz(snapshot / "ViT-Tiny.npz", nv.make_params(representation=24))
+    args = ["--source", "jax", "--checkpoint", checkpoint, "--image-size", "48", "--num-labels", "3"]
+    assert run_cli(*args, "--output", tmp_path / "out", "--push-to-hub", "org/vit-tiny-48") == 0
+    out = tmp_path / "out"
+    assert capsys.readouterr().out == f"converted {checkpoint} into {out} and pushed it to org/vit-tiny-48\n"
+    api = HfApi()
+    files = set(api.list_repo_files("org/vit-tiny-48"))
+    assert {"README.md", "config.json", "model.safetensors", "modeling.py", "preprocessor_config.json"} <= files
+    pushed = Path(api.hf_hub_download("org/vit-tiny-48", "README.md", cache_dir=tmp_path / "download"))
+    assert pushed.read_text() == (tmp_path / "out" / "README.md").read_text()
+    card = ModelCard.load(pushed)
+    assert card.data.base_model == "org/vit-tiny-jax", "read off the Hub cache path"
+    assert card.data.license == "apache-2.0" and card.data.datasets is None and card.data.eval_results is None
+    assert "from the official JAX (.npz) checkpoint `ViT-Tiny.npz`." in card.text
+    assert "- Position embeddings resized from 32×32 px (4×4 tokens) to 48×48 px (6×6 tokens) with the official" in (
+        card.text
+    )
+    assert "- New zero-initialised head with 3 classes; the representation (pre-logits) layer dropped." in card.text
+    assert 'from_pretrained("org/vit-tiny-48", trust_remote_code=True)' in card.text
+
+    other = ["--base-model", "google/vit-base-patch16-224", "--license", "mit", "--push-to-hub", "forbidden/vit"]
+    with pytest.raises(SystemExit) as failed:
+        run_cli(*args, "--output", tmp_path / "kept", *other)
+    assert failed.value.code == (
+        "error: Could not push to forbidden/vit: the Hub answered 403: You don't have the rights to create a model "
+        f'under the namespace "forbidden" (the converted model is saved in {tmp_path / "kept"})'
+    )
+    card = ModelCard.load(tmp_path / "kept" / "README.md")
+    assert card.data.base_model == "google/vit-base-patch16-224" and card.data.license == "mit"
+    torch.testing.assert_close(
+        load_file(tmp_path / "kept" / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    )
+    with pytest.raises(ConversionError, match="base_model must be a Hub repo id such as .*, got '/models/vit'"):
+        convert_checkpoint("jax", checkpoint, tmp_path / "bad", base_model="/models/vit")
+    assert not hub.unrouted, f"the client used endpoints the test Hub lacks: {hub.unrouted}"
 
 
 @pytest.mark.slow

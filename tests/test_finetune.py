@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY, randomize_head, run_without_hf_vit
+from huggingface_hub import HfApi, ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -15,6 +16,7 @@ import hf_vit
 from hf_vit.evaluation import classification_metrics, label_mapping
 from hf_vit.fewshot import draw_shots, fit_least_squares
 from hf_vit.finetuning import prepare_for_finetuning
+from hf_vit.hub import push_model
 from hf_vit.metrics import load_metric
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,7 +205,7 @@ def test_label_mapping_by_name():
 # -- the scripts ----------------------------------------------------------------------------------------------------
 
 
-def test_finetune_32_to_48_px(finetuned, pretrained_folder):
+def test_finetune_32_to_48_px(finetuned, pretrained_folder, digits_folder):
     config = json.loads((finetuned / "config.json").read_text())
     assert config["image_size"] == 48 and config["representation_size"] is None
     assert config["id2label"] == {str(i): name for i, name in enumerate(DIGIT_NAMES)}
@@ -219,10 +221,95 @@ def test_finetune_32_to_48_px(finetuned, pretrained_folder):
     assert results["train_steps"] == 4 and np.isfinite(results["train_loss"])
     assert 0.0 <= results["eval_accuracy"] <= results["eval_top5_accuracy"] <= 1.0
     assert {"eval_loss", "train_runtime", "train_samples_per_second"} <= set(results)
-    card = (finetuned / "README.md").read_text()
-    assert str(pretrained_folder) in card and "48x48 px" in card and "10 classes" in card
-    assert f"| top-1 accuracy | {results['eval_accuracy']:.4f} |" in card
-    assert "pipeline_tag: image-classification" in card
+    card = ModelCard.load(finetuned / "README.md")
+    split = "held-out 0.25 of 'train'"
+    assert f"Fine-tuned from `{pretrained_folder}` on {digits_folder} (10 classes) at 48×48 px for 4 steps" in card.text
+    assert "- Position embeddings resized from 32×32 px (4×4 tokens) to 48×48 px (6×6 tokens)" in card.text
+    assert "- New zero-initialised head with 10 classes; the representation (pre-logits) layer dropped." in card.text
+    assert f"| {digits_folder} | {split} | accuracy | {results['eval_accuracy']:.4g} |" in card.text
+    assert f"| {digits_folder} | {split} | top_5_accuracy | {results['eval_top5_accuracy']:.4g} |" in card.text
+    assert card.data.pipeline_tag == "image-classification"
+    assert card.data.base_model is None and card.data.datasets is None, "local folders are not Hub ids"
+    assert [(r.metric_type, r.metric_value, r.dataset_split) for r in card.data.eval_results] == [
+        ("accuracy", results["eval_accuracy"], split),
+        ("top_5_accuracy", results["eval_top5_accuracy"], split),
+    ]
+
+
+def test_finetune_from_the_hub_pushes_to_the_hub_and_fails_in_one_line(
+    hub, digits_folder, pretrained_folder, tmp_path, capsys
+):
+    push_model(pretrained_folder, "org/tiny-pretrained")
+    argv = ["--model", "org/tiny-pretrained", "--dataset", str(digits_folder), *DATA, "--max-steps", "1"]
+    out = tmp_path / "out"
+    assert script("finetune").main([*argv, "--output-dir", str(out), "--push-to-hub", "org/tiny-digits"]) == 0
+    assert capsys.readouterr().out.endswith(f"; saved to {out} and pushed to org/tiny-digits\n")
+    api = HfApi()
+    files = set(api.list_repo_files("org/tiny-digits"))
+    assert {"README.md", "config.json", "model.safetensors", "modeling.py", "preprocessor_config.json"} <= files
+    assert not any(name.endswith(".bin") or name.startswith("checkpoint-") for name in files), "only the model goes"
+    pushed = Path(api.hf_hub_download("org/tiny-digits", "README.md", cache_dir=tmp_path / "download"))
+    assert pushed.read_text() == (out / "README.md").read_text()
+    card = ModelCard.load(pushed)
+    results = json.loads((out / "all_results.json").read_text())
+    assert card.data.base_model == "org/tiny-pretrained" and card.data.model_name == "tiny-digits"
+    (model_index,) = card.data.to_dict()["model-index"]
+    assert model_index["results"][0]["dataset"] == {
+        "name": str(digits_folder),
+        "type": str(digits_folder),
+        "split": "held-out 0.25 of 'train'",
+    }
+    assert model_index["results"][0]["metrics"][0] == {
+        "type": "accuracy",
+        "value": results["eval_accuracy"],
+        "name": "accuracy",
+    }
+    assert "Fine-tuned from `org/tiny-pretrained` on" in card.text
+    assert "Started from [org/tiny-pretrained](https://huggingface.co/org/tiny-pretrained)." in card.text
+
+    kept = tmp_path / "kept"
+    assert script("finetune").main([*argv, "--output-dir", str(kept), "--push-to-hub", "forbidden/digits"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: Could not push to forbidden/digits: the Hub answered 403: You don't have the rights to create a "
+        f'model under the namespace "forbidden" (the fine-tuned model is saved in {kept})'
+    )
+    assert (kept / "model.safetensors").is_file() and (kept / "README.md").is_file()
+    assert not hub.unrouted, f"the client used endpoints the test Hub lacks: {hub.unrouted}"
+
+
+def test_finetuning_card_names_hub_datasets_and_models_only(tmp_path, monkeypatch):
+    """Hub ids go into `datasets` and `base_model`; a local folder of the same shape does not."""
+    import argparse
+    from types import SimpleNamespace
+
+    from hf_vit.finetuning import finetuning_card
+
+    model = prepare_for_finetuning(pretrained(), 10, image_size=48)
+    args = argparse.Namespace(
+        model="org/vit-pretrained",
+        dataset="org/digits",
+        dataset_config="small",
+        output_dir="outputs/finetune",
+        push_to_hub=None,
+        **dict(momentum=0.9, learning_rate=0.01, lr_schedule="cosine", weight_decay=0.0, grad_clip=0.0),
+    )
+    results = {"train_steps": 500, "total_train_batch_size": 512, "eval_loss": 0.25, "eval_accuracy": 0.875}
+    card = finetuning_card(args, SimpleNamespace(warmup_steps=25), model, results, "test", ["A change."])
+    assert card.data.base_model == "org/vit-pretrained" and card.data.datasets == ["org/digits"]
+    assert [(r.dataset_type, r.dataset_split, r.metric_type) for r in card.data.eval_results] == [
+        ("org/digits", "test", "accuracy")
+    ]
+    assert (
+        "Fine-tuned from `org/vit-pretrained` on org/digits (small) (10 classes) at 48×48 px for 500 steps with "
+        "hf_vit's `scripts/finetune.py`: SGD with momentum 0.9, batch 512, peak learning rate 0.01 (linear warm-up "
+        "over 25 steps, then cosine decay), weight decay 0, no gradient clipping. Held-out loss 0.2500."
+    ) in card.text
+    assert 'from_pretrained("outputs/finetune", trust_remote_code=True)' in card.text
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org" / "vit-pretrained").mkdir(parents=True)
+    local = finetuning_card(args, SimpleNamespace(warmup_steps=0), model, results, "test", [])
+    assert local.data.base_model is None and "(cosine decay)" in local.text
 
 
 def test_evaluate_reproduces_the_finetuning_eval(finetuned, digits_folder, tmp_path, capsys):

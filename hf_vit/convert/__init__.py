@@ -10,14 +10,16 @@ replaces the head, checks every name and shape against our model, and writes the
 import os
 from pathlib import Path
 
+from ..hub import push_model
+from ..model_card import HUB_ID
 from .common import (
     ConversionError,
     Converted,
     adapt,
     build_model,
+    cached_repo_id,
     check_output,
-    create_model_card,
-    push_folder,
+    conversion_card,
     read_labels,
     save_folder,
 )
@@ -62,25 +64,34 @@ def convert_checkpoint(
     drop_head: bool = False,
     labels: list[str] | str | os.PathLike | None = None,
     push_to_hub: str | None = None,
+    base_model: str | None = None,
+    license: str = "apache-2.0",
 ) -> Path:
     """Convert `checkpoint` into the folder `output` (which must not exist or be empty); return the folder.
 
     The folder holds safetensors weights, the config with the modeling code, the image processor and a model
     card, and loads with `AutoModelForImageClassification.from_pretrained(output, trust_remote_code=True)`.
-    On any error `output` is left as it was.
+    The card names the checkpoint, what changed on the way, `base_model` (the Hub repo the checkpoint came from;
+    read off the path for a checkpoint in the Hugging Face cache) and the weights' `license`.
+    On any error `output` is left as it was. With `push_to_hub` the folder is then pushed with
+    `hf_vit.hub.push_model`, which raises `HubError` when the Hub refuses it or cannot be reached; the converted
+    folder is complete and stays by then.
     """
     output = check_output(output)
+    if base_model is not None and not HUB_ID.fullmatch(base_model):
+        raise ConversionError(
+            f"base_model must be a Hub repo id such as google/vit-base-patch16-224, got {base_model!r}."
+        )
     if labels is not None and not isinstance(labels, list):
         labels = read_labels(labels)
     converted = load_checkpoint(source, checkpoint, preset, num_heads)
     converted = adapt(converted, image_size, interpolation, num_labels, drop_head, labels)
     model = build_model(converted)
-    folder = save_folder(model, converted, output)
+    base_model = base_model or cached_repo_id(checkpoint)
+    card = conversion_card(model, converted, source, checkpoint, push_to_hub or str(output), base_model, license)
+    folder = save_folder(model, card, output)
     if push_to_hub:
-        try:
-            push_folder(folder, push_to_hub)
-        except Exception as error:  # the network boundary: authentication, connection and Hub errors alike
-            raise ConversionError(f"Converted into {folder}, but pushing to {push_to_hub} failed: {error}") from None
+        push_model(folder, push_to_hub)
     return folder
 
 
@@ -94,7 +105,7 @@ __all__ = [
     "convert_jax_params",
     "convert_timm_state_dict",
     "convert_transformers_folder",
-    "create_model_card",
+    "conversion_card",
     "load_checkpoint",
     "load_jax",
     "load_timm",

@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from huggingface_hub import ModelCard
 from transformers import AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
 
 from ..configuration import VisionTransformerConfig, to_pair
+from ..model_card import render_model_card, weight_changes
 from ..pos_embed import resize_pos_embed
 from ..presets import create_config
 from ..processing import create_image_processor
@@ -38,6 +40,8 @@ ARCHITECTURE_FIELDS = (
 PRESET_ONLY_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate")
 POS_EMBED_KEY = "vit.embeddings.position_embeddings"
 BACKBONE = "vit.embeddings.patch_embeddings.backbone."
+# How a model card names each source layout.
+SOURCE_DESCRIPTIONS = {"jax": "official JAX (.npz)", "timm": "timm", "transformers": "transformers ViT"}
 
 
 # Per encoder layer, the tensors that timm and (after renaming) transformers share with us, besides q/k/v.
@@ -201,13 +205,12 @@ def adapt(
     """
     config = copy.deepcopy(converted.config)
     state = dict(converted.state_dict)
-    notes = list(converted.notes)
     if interpolation is not None:
         if interpolation not in ("official", "bicubic"):
             raise ConversionError(f"interpolation must be 'official' or 'bicubic', got {interpolation!r}.")
         config.pos_embed_interpolation = interpolation
     if image_size is not None and to_pair(image_size) != to_pair(config.image_size):
-        old_size, old_grid = to_pair(config.image_size), config.grid_size
+        old_grid = config.grid_size
         config.image_size = image_size if isinstance(image_size, int) else list(image_size)
         try:
             config.check()
@@ -219,11 +222,6 @@ def adapt(
         pos_embed = state[POS_EMBED_KEY].to(torch.float64)
         pos_embed = resize_pos_embed(pos_embed, old_grid, config.grid_size, prefix, method)
         state[POS_EMBED_KEY] = pos_embed.to(torch.float32)
-        notes.append(
-            f"Position embeddings resized from {old_size[0]}x{old_size[1]} px ({old_grid[0]}x{old_grid[1]} tokens) "
-            f"to {to_pair(image_size)[0]}x{to_pair(image_size)[1]} px ({config.grid_size[0]}x{config.grid_size[1]} "
-            f"tokens) with the {method} interpolation."
-        )
     has_head = "classifier.weight" in state
     new_head = drop_head or num_labels is not None or (not has_head and labels is not None)
     if new_head:
@@ -236,7 +234,6 @@ def adapt(
         config.num_labels = count
         state["classifier.weight"] = torch.zeros(count, config.hidden_size)
         state["classifier.bias"] = torch.zeros(count)
-        notes.append(f"New zero-initialised head with {count} classes; the representation layer (if any) dropped.")
     elif not has_head:
         raise ConversionError(
             f"{converted.source} has no classification head; pass num_labels (--num-labels K) to add a new one."
@@ -249,6 +246,7 @@ def adapt(
             )
         config.id2label = dict(enumerate(labels))
         config.label2id = {label: index for index, label in enumerate(labels)}
+    notes = converted.notes + weight_changes(converted.config, config, new_head)
     return Converted(config, state, converted.source, notes)
 
 
@@ -313,62 +311,36 @@ def check_output(output: str | os.PathLike) -> Path:
     return output
 
 
-def create_model_card(converted: Converted):
-    """The README.md of a converted folder: where the weights came from, what changed, how to load them."""
-    from huggingface_hub import ModelCard, ModelCardData
+def cached_repo_id(path: str | os.PathLike) -> str | None:
+    """The Hub repo a checkpoint was downloaded from, when it lies in the Hugging Face cache, else None.
 
-    config = converted.config
-    height, width = to_pair(config.image_size)
-    hybrid = hasattr(config, "resnet_layers")
-    kind = f"ResNet ({tuple(config.resnet_layers)}) + ViT hybrid" if hybrid else "Vision Transformer"
-    data = ModelCardData(library_name="transformers", pipeline_tag="image-classification", tags=["hf_vit", "vit"])
-    changes = "".join(f"- {note}\n" for note in converted.notes) or "- None: the weights are as in the source.\n"
-    text = f"""---
-{data.to_yaml()}
----
-
-# {kind}, converted with hf_vit
-
-Weights converted from {converted.source}, for the architecture of *An Image is Worth 16x16 Words*
-(Dosovitskiy et al., ICLR 2021).
-
-| field | value |
-|---|---|
-| hidden size / layers / heads / MLP size | {config.hidden_size} / {config.num_hidden_layers} / \
-{config.num_attention_heads} / {config.intermediate_size} |
-| patch size, input | {config.patch_size}, {height}x{width} px |
-| classifier, representation layer, classes | `{config.classifier}`, {config.representation_size}, \
-{config.num_labels} |
-| activation, LayerNorm eps | `{config.hidden_act}`, {config.layer_norm_eps} |
-| position-embedding resize | `{config.pos_embed_interpolation}` |
-
-## Changes made while converting
-
-{changes}
-## Use
-
-```python
-from transformers import AutoModelForImageClassification, pipeline
-
-model = AutoModelForImageClassification.from_pretrained("path/or/repo", trust_remote_code=True)
-classify = pipeline("image-classification", model="path/or/repo", trust_remote_code=True)
-```
-
-The saved image processor resizes to {height}x{width} and scales pixels to [-1, 1].
-"""
-    return ModelCard(text)
+    The cache keeps `org/name` under a folder `models--org--name` (Hub ids cannot contain "--").
+    """
+    for part in Path(path).absolute().parts:
+        if part.startswith("models--") and len(part) > len("models--"):
+            return "/".join(part.removeprefix("models--").split("--"))
+    return None
 
 
-def push_folder(folder: Path, repo_id: str) -> str:
-    """Upload a converted folder to the Hub as `repo_id`; the one place conversion talks to the network."""
-    from huggingface_hub import HfApi
+def conversion_card(
+    model: PreTrainedModel,
+    converted: Converted,
+    source: str,
+    checkpoint: str | os.PathLike,
+    model_id: str | None = None,
+    base_model: str | None = None,
+    license: str = "apache-2.0",
+) -> ModelCard:
+    """The converted folder's card: from which checkpoint, and what changed on the way (a resize, a new head)."""
+    described = f"{SOURCE_DESCRIPTIONS.get(source, source)} checkpoint `{Path(checkpoint).name}`"
+    text = f"Converted with hf_vit's `scripts/convert_checkpoint.py` from the {described}"
+    text += "." if converted.notes else "; the weights are as in the checkpoint, under hf_vit's names."
+    return render_model_card(
+        model, source=text, changes=converted.notes, model_id=model_id, base_model=base_model, license=license
+    )
 
-    api = HfApi()
-    api.create_repo(repo_id, exist_ok=True)
-    return str(api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload converted ViT"))
 
-
-def save_folder(model: PreTrainedModel, converted: Converted, output: Path) -> Path:
+def save_folder(model: PreTrainedModel, card: ModelCard, output: Path) -> Path:
     """Write weights, config, code, image processor and model card into a temporary folder, then move it in place.
 
     A failure part-way leaves `output` as it was: the temporary folder sits next to it and is removed.
@@ -379,7 +351,7 @@ def save_folder(model: PreTrainedModel, converted: Converted, output: Path) -> P
     try:
         model.save_pretrained(staging)
         create_image_processor(model.config).save_pretrained(staging)
-        create_model_card(converted).save(staging / "README.md")
+        card.save(staging / "README.md")
         if output.exists():
             output.rmdir()
         os.replace(staging, output)
