@@ -10,7 +10,6 @@ import torch
 from conftest import TINY, to_pixels
 from PIL import Image
 from scipy.spatial.distance import pdist
-from torch import nn
 
 import hf_vit
 from hf_vit.analysis import (
@@ -187,36 +186,6 @@ def test_filter_components_recover_planted_patterns():
     assert result.explained_variance_ratio[:2].sum() > 0.999
 
 
-class FakeHybridEmbeddings(nn.Module):
-    """Stands in for the hybrid's embeddings: a strided backbone, then a 1x1 projection (stride 16 in all)."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.backbone = nn.Conv2d(config.num_channels, 8, kernel_size=16, stride=16)
-        self.projection = nn.Conv2d(8, config.hidden_size, kernel_size=1)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.projection(self.backbone(pixel_values))
-
-
-def test_hybrid_skips_filters_and_uses_its_token_stride(photo, monkeypatch):
-    # The hybrid's config multiplies the ResNet's stride into token_stride; patch_size alone would say 1.
-    monkeypatch.setattr(hf_vit.VisionTransformerConfig, "token_stride", property(lambda self: (16, 16)))
-    config = hf_vit.VisionTransformerConfig(**{**TINY, "patch_size": 1, "image_size": 64})
-    model = hf_vit.VisionTransformerModel(config, patch_embeddings_class=FakeHybridEmbeddings).eval()
-    with pytest.raises(ValueError, match="hybrid model: its projection sees ResNet features, not pixels"):
-        pixel_filters(model)
-    pixels = to_pixels(photo, 64)
-    result = analyze(model, pixels)
-    assert result.grid == (4, 4) and result.token_stride == (16, 16)
-    assert result.filters is None and "hybrid" in result.filters_note
-    attentions = model(pixels, output_attentions=True).attentions
-    torch.testing.assert_close(result.attention_distance, mean_attention_distance(attentions, (4, 4), 16, 1))
-    summary = result.to_json()
-    assert summary["patch_embedding_filters"] == {"skipped": result.filters_note}
-    assert np.asarray(summary["attention_rollout"]).shape == (1, 4, 4)
-
-
 def load_script():
     spec = importlib.util.spec_from_file_location("analyze_script", ROOT / "scripts" / "analyze.py")
     module = importlib.util.module_from_spec(spec)
@@ -271,6 +240,52 @@ def test_analyze_script_writes_figures_and_numbers(tmp_path, photo, capsys):
     filters = summary["patch_embedding_filters"]
     assert filters["shape"] == [28, 3, 8, 8] and np.asarray(filters["components"]).shape == (28, 3, 8, 8)
     assert len(filters["explained_variance_ratio"]) == 28
+
+
+def test_analyze_script_on_a_hybrid(tmp_path, photo, capsys):
+    # Tokens are ResNet features: stride 4 (stem) x 2 (second stage) x patch 1 = 8 px, a 4x4 grid at 32 px.
+    folder = tmp_path / "model"
+    config = hf_vit.HybridVisionTransformerConfig(**{**TINY, "patch_size": 1, "resnet_layers": (1, 1)})
+    torch.manual_seed(0)
+    hf_vit.HybridVisionTransformerForImageClassification(config).save_pretrained(folder)
+    hf_vit.create_image_processor(config).save_pretrained(folder)
+    image = tmp_path / "china.jpg"
+    photo.save(image)
+    out = tmp_path / "out"
+    assert load_script().main(["--model", str(folder), "--image", str(image), "--output-dir", str(out)]) == 0
+    note = (
+        "the patch-embedding filters are not shown for a hybrid model: its projection sees ResNet features, not pixels."
+    )
+    assert f"note: {note}" in capsys.readouterr().out
+    expected = {
+        "attention_rollout_0.png",
+        "mean_attention_distance.png",
+        "position_embedding_similarity.png",
+        "overview.png",
+    }
+    assert {path.name for path in out.glob("*.png")} == expected
+    for name in expected:
+        assert_not_blank(out / name)
+    summary = json.loads((out / "analysis.json").read_text())
+    assert summary["model_type"] == "hf_vit_hybrid" and set(summary["figures"].values()) == expected
+    assert summary["grid"] == [4, 4] and summary["token_stride"] == [8, 8] and summary["num_prefix_tokens"] == 1
+    assert summary["patch_embedding_filters"] == {"skipped": note}
+    rollout = np.asarray(summary["attention_rollout"])
+    assert rollout.shape == (1, 4, 4)
+    np.testing.assert_allclose(rollout.sum(), 1.0, atol=1e-4)
+    # The distances are those of the reloaded model's attention on the saved JPEG over the 4x4 grid at 8 px per token.
+    script = load_script()
+    model, processor = script.load_model(str(folder), seed=0)
+    assert isinstance(model, hf_vit.HybridVisionTransformerForImageClassification)
+    with pytest.raises(ValueError, match="hybrid model: its projection sees ResNet features, not pixels"):
+        pixel_filters(model)
+    pixels = processor(images=script.load_images([str(image)]), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        attentions = model.eval()(pixels, output_attentions=True).attentions
+    assert attentions[0].shape == (1, 4, 17, 17)
+    np.testing.assert_allclose(
+        summary["mean_attention_distance"]["pixels"], mean_attention_distance(attentions, (4, 4), 8, 1), atol=1e-5
+    )
 
 
 def test_analyze_script_on_a_gap_model(tmp_path, photo):
