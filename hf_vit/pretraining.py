@@ -302,7 +302,9 @@ class Trainer:
             loader = self.train_loader
             if self.batches_done:
                 loader = accelerator.skip_first_batches(self.train_loader, self.batches_done)
+            seen = 0
             for batch in loader:
+                seen += 1
                 self.batches_done += 1
                 self.skipped += batch.pop("skipped")
                 if batch["pixel_values"].numel() == 0:  # not one readable image in the batch
@@ -333,6 +335,11 @@ class Trainer:
                     if self.step >= self.total_steps:
                         break
             else:
+                if not seen and not self.batches_done:
+                    raise ValueError(
+                        "the training data gave no full batch: it has fewer images than --per-device-batch-size "
+                        f"({args.per_device_batch_size}) × {accelerator.num_processes} processes; lower the batch size."
+                    )
                 self.epoch += 1
                 self.batches_done = 0
         bar.close()

@@ -112,6 +112,8 @@ TINY_HYBRID = [
     "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,intermediate_size=64,patch_size=1,resnet_layers=(1,)",
     "--image-size",
     "16",
+    "--per-device-batch-size",
+    "8",
 ]
 
 
@@ -219,3 +221,12 @@ def test_wrong_label_column_names_the_columns(imagefolder, tmp_path):
     )
     assert result.returncode == 1
     assert "label column 'nope' is not in the dataset; its columns are ['image', 'label']" in result.stderr
+
+
+def test_a_batch_larger_than_the_data_is_an_error(imagefolder, tmp_path):
+    result = run_script(
+        *TINY_MODEL, "--dataset", str(imagefolder), "--per-device-batch-size", "4096", "--output-dir", str(tmp_path),
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "the training data gave no full batch" in result.stderr and "--per-device-batch-size (4096)" in result.stderr
