@@ -21,11 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForImageClassification, PretrainedConfig
 
@@ -66,6 +68,7 @@ class Settings:
     smoke: bool = False
     threads: int | None = None
     peak_matmul_size: int | None = None
+    profile_dir: str | None = None
     seed: int = 0
 
     def resolve(self) -> "Settings":
@@ -73,7 +76,7 @@ class Settings:
         cuda = self.device.startswith("cuda")
         defaults: dict[str, Any]
         if self.smoke:
-            defaults = dict(dtype="fp32", batch_size=2, warmup=0, iters=1, repeats=1, peak_matmul_size=128)
+            defaults = dict(dtype="fp32", batch_size=2, warmup=0, iters=1, repeats=1, peak_matmul_size=512)
         elif cuda:
             defaults = dict(dtype="bf16", batch_size=256, warmup=5, iters=20, repeats=5, peak_matmul_size=8192)
         else:
@@ -420,6 +423,27 @@ def _child_peak_rss_growth(preset: str, implementation: str, mode: str, settings
     return (read_status_kib("VmHWM") - before) * 1024 + parameter_bytes(model)
 
 
+def write_profile(contender: Contender, preset: str, mode: str, device: torch.device, folder: str) -> Path:
+    """torch.profiler's top operators of two steps, by self time, overall and by input shape: where time goes."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    with profile(activities=activities, record_shapes=True) as profiler:
+        for _ in range(2):
+            contender.step()
+        synchronize(device)
+    averages = profiler.key_averages()
+    by_shape = profiler.key_averages(group_by_input_shape=True)
+    path = Path(folder) / f"{preset.replace('/', '-')}_{mode}_{contender.name}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"{contender.name} {preset} {mode}, two steps\n\n"
+        + averages.table(sort_by=sort_by, row_limit=25, max_name_column_width=50)
+        + "\n\nby input shape\n\n"
+        + by_shape.table(sort_by=sort_by, row_limit=25, max_name_column_width=40, max_shapes_column_width=80)
+    )
+    return path
+
+
 def make_inputs(
     config: PretrainedConfig, settings: Settings, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -497,6 +521,10 @@ def benchmark_preset(
                 seconds = time_steps(contender.step, settings.iters, device)
                 contender.runs.append(settings.batch_size * settings.iters / seconds)
             log(f"{preset} {mode}: repeat {repeat + 1}/{settings.repeats}")
+        if settings.profile_dir:
+            for contender in contenders:
+                path = write_profile(contender, preset, mode, device, settings.profile_dir)
+                log(f"{preset} {mode}: top ops of {contender.name} in {path}")
         for contender in contenders:
             if device.type == "cuda":
                 contender.peak_memory_bytes = cuda_peak_memory(contender, device)

@@ -53,6 +53,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="Side of the matmul that measures the peak FLOP/s for MFU. Default 8192 on GPU, 2048 on CPU.",
     )
+    parser.add_argument(
+        "--profile-dir",
+        default=None,
+        help="Also write torch.profiler's top operators of every implementation and mode here (one text file each).",
+    )
     parser.add_argument("--json", default=None, metavar="PATH", help="Also write the full report here.")
     parser.add_argument("--smoke", action="store_true", help="A tiny model, batch 2, one iteration: checks it runs.")
     return parser.parse_args(argv)
@@ -77,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         smoke=args.smoke,
         threads=args.threads,
         peak_matmul_size=args.peak_matmul_size,
+        profile_dir=args.profile_dir,
     )
     try:
         report = run_benchmark(presets, settings, log=lambda message: print(message, file=sys.stderr, flush=True))
