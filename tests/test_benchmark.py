@@ -109,7 +109,8 @@ def test_smoke_run_writes_table_and_json(tmp_path, capsys):
     report = json.loads(path.read_text())
 
     assert report["settings"]["smoke"] and report["settings"]["iters"] == 1 and report["settings"]["repeats"] == 1
-    assert report["peak_flops"] > 0
+    assert report["peak_flops"] == max(report["peak_flops_samples"]) > 0
+    assert len(report["peak_flops_samples"]) == 1 + 2 * 2  # before the first model, then once per repeat
     assert set(report["environment"]["versions"]) == {"torch", "transformers", "timm"}
     assert [(r["model"], r["mode"]) for r in report["results"]] == [
         ("ViT-B/16 (smoke)", "infer"),
