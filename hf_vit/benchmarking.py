@@ -273,23 +273,31 @@ def build_timm(config: PretrainedConfig, attn_implementation: str) -> nn.Module:
 
 
 def timm_hybrid_embedding(config: PretrainedConfig) -> Callable[..., nn.Module]:
-    """timm's hybrid token embedding: a BiT ResNetV2 (standardised convs, TF-SAME padding) as in its R50+ViT."""
+    """timm's hybrid token embedding: a BiT ResNetV2 (standardised convs, TF-SAME padding) as in its R50+ViT.
+
+    `resnet_layers` gives the units per stage (empty: the root alone, as R+ViT-Ti), `resnet_width_factor` the width.
+    """
     layers = getattr(config, "resnet_layers", None)
-    if not layers:
+    if layers is None:
         raise PeerUnavailable("the hybrid config has no resnet_layers to build timm's ResNetV2 from")
     from timm.layers import StdConv2dSame
-    from timm.models.resnetv2 import ResNetV2
+    from timm.models.resnetv2 import ResNetV2, create_resnetv2_stem
     from timm.models.vision_transformer_hybrid import HybridEmbed
 
-    backbone = ResNetV2(
-        layers=tuple(layers),
-        num_classes=0,
-        global_pool="",
-        in_chans=config.num_channels,
-        preact=False,
-        stem_type="same",
-        conv_layer=partial(StdConv2dSame, eps=1e-8),
-    )
+    conv_layer = partial(StdConv2dSame, eps=1e-8)
+    if layers:
+        backbone = ResNetV2(
+            layers=tuple(layers),
+            width_factor=getattr(config, "resnet_width_factor", 1),
+            num_classes=0,
+            global_pool="",
+            in_chans=config.num_channels,
+            preact=False,
+            stem_type="same",
+            conv_layer=conv_layer,
+        )
+    else:
+        backbone = create_resnetv2_stem(config.num_channels, stem_type="same", preact=False, conv_layer=conv_layer)
     return partial(HybridEmbed, backbone=backbone)
 
 

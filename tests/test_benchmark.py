@@ -84,19 +84,21 @@ class HybridStandIn(VisionTransformerConfig):
 
     @property
     def token_stride(self) -> tuple[int, int]:
-        stride = 2 ** (len(self.resnet_layers) + 1)  # the root's conv and pool, then stride 2 from stage 2 on
+        stride = 4 * 2 ** max(len(self.resnet_layers) - 1, 0)  # root conv and pool, then stride 2 from stage 2 on
         patch_h, patch_w = to_pair(self.patch_size)
         return patch_h * stride, patch_w * stride
 
 
-def test_hybrid_peers_timm_with_resnet_embedding_and_no_transformers():
-    config = HybridStandIn(**{**TINY, "patch_size": 1})
+@pytest.mark.parametrize(("resnet_layers", "patch_size"), [((1, 1), 1), ((), 2)])
+def test_hybrid_peers_timm_with_resnet_embedding_and_no_transformers(resnet_layers, patch_size):
+    config = HybridStandIn(resnet_layers, **{**TINY, "patch_size": patch_size})
+    assert config.grid_size == (4, 4)  # 32 px at token stride 8
     with pytest.raises(PeerUnavailable, match="transformers has no ViT-Hybrid"):
         build_transformers(config, "sdpa")
     model = build_timm(config, "eager").eval()  # timm's unfused attention, which FlopCounterMode counts
     pixels = torch.randn(1, 3, 32, 32)
     assert model(pixels).shape == (1, TINY["num_labels"])
-    assert model.patch_embed(pixels).shape == (1, 16, TINY["hidden_size"])  # 32 px / stride 8 = 4 × 4 tokens
+    assert model.patch_embed(pixels).shape == (1, 16, TINY["hidden_size"])
     flops = forward_flops(config, embedding=model.patch_embed)
     assert count_flops(model, pixels) == sum(flops.values())
 
