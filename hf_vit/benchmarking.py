@@ -114,6 +114,8 @@ class Settings:
             raise ValueError(f"device {self.device!r} was asked for but CUDA is not available here.")
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}.")
+        if self.cpu_memory and device.type == "cpu" and not os.path.exists("/proc/self/clear_refs"):
+            raise ValueError("cpu_memory reads the peak resident size from /proc (Linux); leave it off here.")
 
 
 # --- FLOPs -------------------------------------------------------------------------------------------------------
@@ -192,8 +194,16 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, size: int, repe
 
 
 def benchmark_config(preset: str, smoke: bool = False) -> PretrainedConfig:
-    """The preset's config; with `smoke`, shrunk to a tiny model of the same kind."""
-    return create_config(preset, **(SMOKE_FIELDS if smoke else {}))
+    """The preset's config; with `smoke`, shrunk to a tiny model of the same kind.
+
+    A hybrid keeps its ResNet and gets patch size 1 and a 2 × 2 token grid, the smallest image its stride allows.
+    """
+    if not smoke:
+        return create_config(preset)
+    if not is_hybrid(create_config(preset)):
+        return create_config(preset, **SMOKE_FIELDS)
+    stride_h, stride_w = create_config(preset, patch_size=1).token_stride
+    return create_config(preset, **{**SMOKE_FIELDS, "patch_size": 1, "image_size": (2 * stride_h, 2 * stride_w)})
 
 
 def build_ours(config: PretrainedConfig, attn_implementation: str) -> nn.Module:

@@ -14,6 +14,7 @@ from hf_vit import VisionTransformerConfig
 from hf_vit.benchmarking import (
     PeerUnavailable,
     Settings,
+    benchmark_config,
     build_timm,
     build_transformers,
     count_flops,
@@ -22,6 +23,7 @@ from hf_vit.benchmarking import (
     run_benchmark,
 )
 from hf_vit.configuration import to_pair
+from hf_vit.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,6 +103,15 @@ def test_hybrid_peers_timm_with_resnet_embedding_and_no_transformers(resnet_laye
     assert model.patch_embed(pixels).shape == (1, 16, TINY["hidden_size"])
     flops = forward_flops(config, embedding=model.patch_embed)
     assert count_flops(model, pixels) == sum(flops.values())
+
+
+def test_smoke_config_of_a_hybrid_keeps_the_resnet_on_a_2x2_grid(monkeypatch):
+    monkeypatch.setitem(
+        PRESETS, "R50+ViT-B/16 (stand-in)", (HybridStandIn, {"resnet_layers": (3, 4, 9), "patch_size": 1})
+    )
+    config = benchmark_config("R50+ViT-B/16 (stand-in)", smoke=True)
+    assert (config.resnet_layers, config.patch_size, config.hidden_size) == ([3, 4, 9], 1, 32)
+    assert config.token_stride == (16, 16) and config.image_size == [32, 32] and config.grid_size == (2, 2)
 
 
 def test_smoke_run_writes_table_and_json(tmp_path, capsys):
