@@ -1,0 +1,99 @@
+"""Benchmark hf_vit against transformers and timm: images/s, peak memory and MFU, as ratios ours / peer.
+
+python scripts/benchmark.py --model ViT-B/16                        # GPU if there is one (bf16), else CPU (fp32)
+python scripts/benchmark.py --model ViT-S/16,ViT-B/16 --device cpu --batch-size 8 --mode infer --json out.json
+python scripts/benchmark.py --smoke                                 # a tiny model, one iteration: checks it runs
+"""
+
+import argparse
+import sys
+
+import torch
+
+from hf_vit.benchmarking import DTYPES, IMPLEMENTATIONS, MODES, Settings, format_markdown, run_benchmark, write_json
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--model",
+        action="append",
+        help="A preset (hf_vit.list_presets()); repeat it or give a comma list. Default ViT-B/16.",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N. Default: cuda if available, else cpu.")
+    parser.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default=None,
+        help="bf16/fp16 run under torch.autocast. Default bf16 on GPU, fp32 on CPU.",
+    )
+    parser.add_argument("--batch-size", type=int, default=None, help="Default 256 on GPU, 8 on CPU.")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every implementation.")
+    parser.add_argument(
+        "--attn-implementation",
+        default="sdpa",
+        help="sdpa (default) or eager; timm maps eager to its unfused attention and anything else to SDPA.",
+    )
+    parser.add_argument("--channels-last", action="store_true", help="Channels-last weights and inputs.")
+    parser.add_argument("--mode", choices=(*MODES, "both"), default="both")
+    parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS), help="Comma list; must hold hf_vit.")
+    parser.add_argument("--warmup", type=int, default=None, help="Untimed steps per implementation and mode.")
+    parser.add_argument("--iters", type=int, default=None, help="Timed steps per repeat.")
+    parser.add_argument("--repeats", type=int, default=None, help="Interleaved repeats; the median is reported.")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the CPU.")
+    parser.add_argument(
+        "--cpu-memory",
+        action="store_true",
+        help="On CPU, also measure each implementation's peak "
+        "RSS growth, in a fresh process per implementation and mode (slow).",
+    )
+    parser.add_argument(
+        "--peak-matmul-size",
+        type=int,
+        default=None,
+        help="Side of the matmul that measures the peak FLOP/s for MFU. Default 8192 on GPU, 2048 on CPU.",
+    )
+    parser.add_argument(
+        "--profile-dir",
+        default=None,
+        help="Also write torch.profiler's top operators of every implementation and mode here (one text file each).",
+    )
+    parser.add_argument("--json", default=None, metavar="PATH", help="Also write the full report here.")
+    parser.add_argument("--smoke", action="store_true", help="A tiny model, batch 2, one iteration: checks it runs.")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    presets = [name.strip() for item in args.model or ["ViT-B/16"] for name in item.split(",") if name.strip()]
+    settings = Settings(
+        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        compile=args.compile,
+        attn_implementation=args.attn_implementation,
+        channels_last=args.channels_last,
+        modes=MODES if args.mode == "both" else (args.mode,),
+        warmup=args.warmup,
+        iters=args.iters,
+        repeats=args.repeats,
+        implementations=tuple(name.strip() for name in args.implementations.split(",") if name.strip()),
+        cpu_memory=args.cpu_memory,
+        smoke=args.smoke,
+        threads=args.threads,
+        peak_matmul_size=args.peak_matmul_size,
+        profile_dir=args.profile_dir,
+    )
+    try:
+        report = run_benchmark(presets, settings, log=lambda message: print(message, file=sys.stderr, flush=True))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_markdown(report), end="")
+    if args.json:
+        write_json(report, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
