@@ -21,20 +21,26 @@ from .configuration import VisionTransformerConfig, to_pair
 from .pos_embed import resize_pos_embed
 
 
-def check_pixel_values(pixel_values: torch.Tensor, config: VisionTransformerConfig, interpolate: bool) -> None:
+def check_pixel_values(
+    pixel_values: torch.Tensor,
+    num_channels: int,
+    image_size: tuple[int, int],
+    token_stride: tuple[int, int],
+    interpolate: bool,
+) -> None:
     """Fail early, naming the problem, instead of deep inside a convolution or an addition."""
     if pixel_values.ndim != 4:
         raise ValueError(
             f"pixel_values must be (batch, channels, height, width), got shape {tuple(pixel_values.shape)}."
         )
-    if pixel_values.shape[1] != config.num_channels:
+    if pixel_values.shape[1] != num_channels:
         raise ValueError(
-            f"pixel_values has {pixel_values.shape[1]} channels but the model expects {config.num_channels} channels."
+            f"pixel_values has {pixel_values.shape[1]} channels but the model expects {num_channels} channels."
         )
     height, width = pixel_values.shape[-2:]
-    step_h, step_w = config.token_stride
-    if not interpolate and (height, width) != to_pair(config.image_size):
-        expected = "x".join(map(str, to_pair(config.image_size)))
+    step_h, step_w = token_stride
+    if not interpolate and (height, width) != image_size:
+        expected = "x".join(map(str, image_size))
         raise ValueError(
             f"Input image size ({height}x{width}) doesn't match model image size ({expected}); "
             "pass interpolate_pos_encoding=True to run at another resolution."
@@ -64,11 +70,17 @@ class VisionTransformerEmbeddings(nn.Module):
     def __init__(self, config: VisionTransformerConfig, patch_embeddings: nn.Module, use_mask_token: bool = False):
         super().__init__()
         self.config = config
+        # The geometry, read once: config properties are slow to query on every forward.
+        self.num_channels = config.num_channels
+        self.image_size = to_pair(config.image_size)
+        self.token_stride = config.token_stride
+        self.grid_size = config.grid_size
+        self.pos_embed_interpolation = config.pos_embed_interpolation
         self.patch_embeddings = patch_embeddings
         self.num_prefix_tokens = 1 if config.classifier == "token" else 0
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if self.num_prefix_tokens else None
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if use_mask_token else None
-        grid_h, grid_w = config.grid_size
+        grid_h, grid_w = self.grid_size
         self.position_embeddings = nn.Parameter(
             torch.zeros(1, self.num_prefix_tokens + grid_h * grid_w, config.hidden_size)
         )
@@ -87,7 +99,9 @@ class VisionTransformerEmbeddings(nn.Module):
         (the identity leaves tokens unchanged); then positions set in `bool_masked_pos` get the mask token. Both keep
         every shape fixed, so the corruption compiles once under XLA.
         """
-        check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
+        check_pixel_values(
+            pixel_values, self.num_channels, self.image_size, self.token_stride, interpolate_pos_encoding
+        )
         tokens = self.patch_embeddings(pixel_values)
         grid = tokens.shape[-2:]
         tokens = tokens.flatten(2).transpose(1, 2)
@@ -100,11 +114,7 @@ class VisionTransformerEmbeddings(nn.Module):
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         pos_embed = resize_pos_embed(
-            self.position_embeddings,
-            self.config.grid_size,
-            tuple(grid),
-            self.num_prefix_tokens,
-            self.config.pos_embed_interpolation,
+            self.position_embeddings, self.grid_size, tuple(grid), self.num_prefix_tokens, self.pos_embed_interpolation
         )
         return self.dropout(tokens + pos_embed)
 
@@ -137,6 +147,7 @@ class VisionTransformerAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_probs_dropout_prob
         self.is_causal = False
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
@@ -146,8 +157,11 @@ class VisionTransformerAttention(nn.Module):
         batch, tokens, _ = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         query, key, value = qkv.unbind(0)
+        output_attentions = kwargs.get("output_attentions")
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
         attention: Callable = eager_attention_forward
-        if not kwargs.get("output_attentions", self.config.output_attentions):
+        if not output_attentions:
             attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         output, weights = attention(
             self,
@@ -156,7 +170,7 @@ class VisionTransformerAttention(nn.Module):
             value,
             None,
             scaling=self.scaling,
-            dropout=self.config.attention_probs_dropout_prob if self.training else 0.0,
+            dropout=self.attention_dropout if self.training else 0.0,
         )
         output = self.proj(output.reshape(batch, tokens, -1))
         return self.dropout(output), weights
