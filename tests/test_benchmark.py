@@ -23,7 +23,6 @@ from hf_vit.benchmarking import (
     run_benchmark,
 )
 from hf_vit.configuration import to_pair
-from hf_vit.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,23 +76,9 @@ def test_forward_flops_match_flop_counter_on_variants(overrides):
     assert count_flops(model, torch.zeros(1, 3, height, width)) == sum(forward_flops(config).values())
 
 
-class HybridStandIn(VisionTransformerConfig):
-    """A hybrid-shaped config (tokens from a BiT ResNet with `resnet_layers`) until the hybrid lands in hf_vit."""
-
-    def __init__(self, resnet_layers: tuple[int, ...] = (1, 1), **kwargs):
-        self.resnet_layers = list(resnet_layers)
-        super().__init__(**kwargs)
-
-    @property
-    def token_stride(self) -> tuple[int, int]:
-        stride = 4 * 2 ** max(len(self.resnet_layers) - 1, 0)  # root conv and pool, then stride 2 from stage 2 on
-        patch_h, patch_w = to_pair(self.patch_size)
-        return patch_h * stride, patch_w * stride
-
-
 @pytest.mark.parametrize(("resnet_layers", "patch_size"), [((1, 1), 1), ((), 2)])
 def test_hybrid_peers_timm_with_resnet_embedding_and_no_transformers(resnet_layers, patch_size):
-    config = HybridStandIn(resnet_layers, **{**TINY, "patch_size": patch_size})
+    config = hf_vit.HybridVisionTransformerConfig(**{**TINY, "patch_size": patch_size, "resnet_layers": resnet_layers})
     assert config.grid_size == (4, 4)  # 32 px at token stride 8
     with pytest.raises(PeerUnavailable, match="transformers has no ViT-Hybrid"):
         build_transformers(config, "sdpa")
@@ -105,13 +90,19 @@ def test_hybrid_peers_timm_with_resnet_embedding_and_no_transformers(resnet_laye
     assert count_flops(model, pixels) == sum(flops.values())
 
 
-def test_smoke_config_of_a_hybrid_keeps_the_resnet_on_a_2x2_grid(monkeypatch):
-    monkeypatch.setitem(
-        PRESETS, "R50+ViT-B/16 (stand-in)", (HybridStandIn, {"resnet_layers": (3, 4, 9), "patch_size": 1})
-    )
-    config = benchmark_config("R50+ViT-B/16 (stand-in)", smoke=True)
+def test_smoke_config_of_a_hybrid_keeps_the_resnet_on_a_2x2_grid():
+    config = benchmark_config("R50+ViT-B/16", smoke=True)
     assert (config.resnet_layers, config.patch_size, config.hidden_size) == ([3, 4, 9], 1, 32)
     assert config.token_stride == (16, 16) and config.image_size == [32, 32] and config.grid_size == (2, 2)
+
+
+def test_hybrid_preset_flops_count_our_resnet():
+    config = benchmark_config("R+ViT-Ti/16", smoke=True)
+    model = hf_vit.HybridVisionTransformerForImageClassification._from_config(config, attn_implementation="eager")
+    height, width = to_pair(config.image_size)
+    pixels = torch.zeros(1, 3, height, width)
+    flops = forward_flops(config, embedding=model.vit.embeddings.patch_embeddings)
+    assert count_flops(model, pixels) == sum(flops.values())
 
 
 def test_smoke_run_writes_table_and_json(tmp_path, capsys):
