@@ -175,6 +175,20 @@ def resnet_stride(resnet_layers: list[int]) -> int:
     return 4 * 2 ** max(len(resnet_layers) - 1, 0)
 
 
+def geometry_fields(
+    fields: dict[str, Any], grid: tuple[int, int], patch: tuple[int, int], token: bool
+) -> dict[str, Any]:
+    """Patch size, image size and pooling read off a checkpoint: the image is the token grid times the token stride."""
+    (grid_h, grid_w), (patch_h, patch_w) = grid, patch
+    stride = resnet_stride(fields["resnet_layers"]) if "resnet_layers" in fields else 1
+    height, width = grid_h * patch_h * stride, grid_w * patch_w * stride
+    return {
+        "patch_size": patch_h if patch_h == patch_w else [patch_h, patch_w],
+        "image_size": height if height == width else [height, width],
+        "classifier": "token" if token else "gap",
+    }
+
+
 def is_square(number: int) -> bool:
     return number > 0 and int(round(number**0.5)) ** 2 == number
 

@@ -21,9 +21,9 @@ from .common import (
     ConversionError,
     Converted,
     KeyReader,
+    geometry_fields,
     is_square,
     make_config,
-    resnet_stride,
     shape_of,
     square_grid,
     to_tensor,
@@ -223,16 +223,12 @@ def convert_jax_params(params: dict[str, np.ndarray], preset: str | None = None,
         state["classifier.bias"] = reader.take("head/bias")
         fields["num_labels"] = state["classifier.weight"].shape[0]
     reader.finish()
-    stride = resnet_stride(fields["resnet_layers"]) if "resnet_layers" in fields else 1
-    height, width = grid_h * patch_h * stride, grid_w * patch_w * stride
     fields.update(
         hidden_size=hidden,
-        patch_size=patch_h if patch_h == patch_w else [patch_h, patch_w],
-        image_size=height if height == width else [height, width],
-        classifier="token" if token else "gap",
         hidden_act="gelu_pytorch_tanh",
         layer_norm_eps=1e-6,
         pos_embed_interpolation="official",
+        **geometry_fields(fields, (grid_h, grid_w), (patch_h, patch_w), token),
     )
     config = make_config(fields, preset, what)
     return Converted(config, {key: to_tensor(value) for key, value in state.items()}, what)

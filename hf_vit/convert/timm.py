@@ -23,9 +23,9 @@ from .common import (
     ConversionError,
     Converted,
     KeyReader,
+    geometry_fields,
     is_square,
     make_config,
-    resnet_stride,
     shape_of,
     square_grid,
     to_tensor,
@@ -165,20 +165,16 @@ def convert_timm_state_dict(
     if "classifier.weight" in state:
         fields["num_labels"] = state["classifier.weight"].shape[0]
     fc1 = state.get("vit.layers.0.mlp.fc1.weight")
-    stride = resnet_stride(fields["resnet_layers"]) if "resnet_layers" in fields else 1
-    height, width = grid_h * patch_h * stride, grid_w * patch_w * stride
     fields.update(
         hidden_size=hidden,
         num_hidden_layers=len(indices),
         num_attention_heads=_num_heads(hidden, num_heads, preset, what),
         intermediate_size=fc1.shape[0] if fc1 is not None else 4 * hidden,
         qkv_bias=qkv_bias,
-        patch_size=patch_h if patch_h == patch_w else [patch_h, patch_w],
-        image_size=height if height == width else [height, width],
-        classifier="token" if token else "gap",
         hidden_act="gelu",
         layer_norm_eps=1e-6,
         pos_embed_interpolation="bicubic",
+        **geometry_fields(fields, (grid_h, grid_w), (patch_h, patch_w), token),
     )
     config = make_config(fields, preset, what)
     return Converted(config, {key: to_tensor(value) for key, value in state.items()}, what)
