@@ -16,6 +16,7 @@ import numpy as np
 import numpy_vit as nv
 import pytest
 import torch
+from conftest import TINY
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageClassification
 
@@ -349,17 +350,12 @@ def test_timm_fc_norm_is_refused_by_name(tmp_path):
 def transformers_vit(model_class: str = "ViTForImageClassification", **overrides):
     import transformers
 
-    fields = dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        image_size=32,
-        patch_size=8,
-        num_labels=3,
-        id2label={0: "cat", 1: "dog", 2: "fish"},
-        label2id={"cat": 0, "dog": 1, "fish": 2},
-    )
+    fields = {
+        **TINY,
+        "num_labels": 3,
+        "id2label": {0: "cat", 1: "dog", 2: "fish"},
+        "label2id": {"cat": 0, "dog": 1, "fish": 2},
+    }
     config = transformers.ViTConfig(**{**fields, **overrides})
     return randomize(getattr(transformers, model_class)(config))
 
