@@ -33,7 +33,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForImageClassification, PretrainedConfig
 
-from .configuration import to_pair
+from .configuration import is_hybrid, to_pair
 from .presets import create_config, resolve_preset
 
 OURS = "hf_vit"
@@ -119,11 +119,6 @@ class Settings:
 
 
 # --- FLOPs -------------------------------------------------------------------------------------------------------
-
-
-def is_hybrid(config: PretrainedConfig) -> bool:
-    """Hybrids make tokens with a ResNet, so their token stride is more than the patch size."""
-    return to_pair(config.token_stride) != to_pair(config.patch_size)
 
 
 def num_tokens(config: PretrainedConfig) -> int:

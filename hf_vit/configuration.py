@@ -18,6 +18,16 @@ def to_pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return int(height), int(width)
 
 
+def resnet_stride(resnet_layers: list[int] | tuple[int, ...]) -> int:
+    """Pixels per feature-map cell of the hybrid's ResNet: 4 from the stem, then 2 for every stage after the first."""
+    return 4 * 2 ** max(len(resnet_layers) - 1, 0)
+
+
+def is_hybrid(config: PretrainedConfig) -> bool:
+    """Whether `config` describes a hybrid; by field, so it also holds for configs loaded as remote code."""
+    return getattr(config, "resnet_layers", None) is not None
+
+
 class VisionTransformerConfig(PretrainedConfig):
     r"""Configuration of a plain ViT ("An Image is Worth 16x16 Words").
 
@@ -160,8 +170,7 @@ class HybridVisionTransformerConfig(VisionTransformerConfig):
 
     @property
     def resnet_stride(self) -> int:
-        """Stride of the ResNet: 4 from the stem, then 2 for every stage after the first."""
-        return 4 * 2 ** max(len(self.resnet_layers) - 1, 0)
+        return resnet_stride(self.resnet_layers)
 
     @property
     def resnet_channels(self) -> int:

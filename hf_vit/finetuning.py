@@ -23,14 +23,13 @@ from .data import Collate, ImageSamples, StreamedImages, build_transforms, is_di
 from .evaluation import TOP_K, ProcessorTransform, check_model_name, classification_metrics
 from .hub import push_model
 from .model_card import hub_id, render_model_card, weight_changes
-from .pos_embed import resize_pos_embed
 from .processing import create_image_processor
+from .transfer import replace_head, resize_to
 
 PAPER_BATCH_SIZE = 512
 PAPER_WARMUP_STEPS = 500
 PAPER_STEPS = 10_000  # CIFAR; ImageNet 20k, Pets and Flowers 500, VTAB 2.5k
 DIGITS_STEPS = 100
-DROPPED_PREFIXES = ("classifier.", "vit.pre_logits.")
 
 
 def prepare_for_finetuning(
@@ -59,27 +58,15 @@ def prepare_for_finetuning(
     if sorted(id2label) != list(range(num_labels)):
         raise ValueError(f"id2label must name classes 0..{num_labels - 1}; it has keys {sorted(id2label)[:10]}.")
     config = copy.deepcopy(model.config)
-    old_grid = config.grid_size
-    if image_size is not None:
-        config.image_size = image_size if isinstance(image_size, int) else list(to_pair(image_size))
     config.pos_embed_interpolation = interpolation or config.pos_embed_interpolation
-    config.representation_size = None
     config.problem_type = None
     config.architectures = [type(model).__name__]
-    config.num_labels = num_labels
-    config.id2label = id2label
-    config.label2id = {name: i for i, name in id2label.items()}
-    config.check()
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith(DROPPED_PREFIXES)}
-    key = "vit.embeddings.position_embeddings"
-    state[key] = resize_pos_embed(
-        state[key], old_grid, config.grid_size, model.vit.embeddings.num_prefix_tokens, config.pos_embed_interpolation
-    )
+    state = dict(model.state_dict())
+    resize_to(config, state, config.image_size if image_size is None else image_size)
+    replace_head(config, state, id2label)
     parameter = next(model.parameters())
     new_model = type(model)(config).to(device=parameter.device, dtype=parameter.dtype)
-    missing, unexpected = new_model.load_state_dict(state, strict=False)
-    if sorted(missing) != ["classifier.bias", "classifier.weight"] or unexpected:
-        raise RuntimeError(f"Unexpected weights moving to the new model: missing {missing}, unexpected {unexpected}.")
+    new_model.load_state_dict(state, strict=True)
     return new_model.train(model.training)
 
 

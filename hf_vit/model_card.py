@@ -14,7 +14,7 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import AutoModel, AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
 
-from .configuration import to_pair
+from .configuration import is_hybrid, to_pair
 from .presets import PRESETS
 
 TEMPLATES = Path(__file__).parent / "model_cards"
@@ -49,10 +49,6 @@ def find_preset(config: PretrainedConfig) -> str | None:
         if all(_plain(getattr(config, k, None)) == _plain(v) for k, v in architecture.items()):
             return name
     return None
-
-
-def is_hybrid(config: PretrainedConfig) -> bool:
-    return getattr(config, "resnet_layers", None) is not None
 
 
 def is_classifier(model_or_config: PreTrainedModel | PretrainedConfig) -> bool:

@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 from huggingface_hub import ModelCard
-from transformers import AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
+from transformers import AutoModelForImageClassification, PreTrainedModel
 
-from ..configuration import VisionTransformerConfig, to_pair
+from ..configuration import HybridVisionTransformerConfig, VisionTransformerConfig, resnet_stride, to_pair
 from ..model_card import render_model_card, weight_changes
-from ..pos_embed import resize_pos_embed
 from ..presets import create_config
 from ..processing import create_image_processor
+from ..transfer import replace_head, resize_to
 
 # Fields that define the architecture: a preset must agree with the checkpoint on these.
 ARCHITECTURE_FIELDS = (
@@ -38,7 +38,6 @@ ARCHITECTURE_FIELDS = (
 )
 # Fields a preset contributes that weights cannot show (the training-time regularisation).
 PRESET_ONLY_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate")
-POS_EMBED_KEY = "vit.embeddings.position_embeddings"
 BACKBONE = "vit.embeddings.patch_embeddings.backbone."
 # How a model card names each source layout.
 SOURCE_DESCRIPTIONS = {"jax": "official JAX (.npz)", "timm": "timm", "transformers": "transformers ViT"}
@@ -126,13 +125,6 @@ class KeyReader:
             )
 
 
-def hybrid_classes() -> type[PretrainedConfig]:
-    """The hybrid config class, imported late so that plain ViT conversion never depends on it."""
-    from .. import HybridVisionTransformerConfig
-
-    return HybridVisionTransformerConfig
-
-
 def make_config(fields: dict[str, Any], preset: str | None, what: str) -> VisionTransformerConfig:
     """Our config from the fields read off a checkpoint, checked against `preset` when one is named.
 
@@ -156,7 +148,7 @@ def make_config(fields: dict[str, Any], preset: str | None, what: str) -> Vision
                         f"{theirs} in the preset."
                     )
         fields = {**{name: getattr(reference, name) for name in PRESET_ONLY_FIELDS}, **fields}
-    config_class = hybrid_classes() if hybrid else VisionTransformerConfig
+    config_class = HybridVisionTransformerConfig if hybrid else VisionTransformerConfig
     try:
         return config_class(**fields)
     except ValueError as error:
@@ -168,11 +160,6 @@ def _comparable(name: str, value: Any) -> Any:
     if name == "patch_size":
         return to_pair(value)
     return tuple(value) if isinstance(value, list | tuple) else value
-
-
-def resnet_stride(resnet_layers: list[int]) -> int:
-    """Pixels per feature-map cell of the hybrid's ResNet: 4 from the stem, 2 more for every later stage."""
-    return 4 * 2 ** max(len(resnet_layers) - 1, 0)
 
 
 def geometry_fields(
@@ -224,30 +211,18 @@ def adapt(
             raise ConversionError(f"interpolation must be 'official' or 'bicubic', got {interpolation!r}.")
         config.pos_embed_interpolation = interpolation
     if image_size is not None and to_pair(image_size) != to_pair(config.image_size):
-        old_grid = config.grid_size
-        config.image_size = image_size if isinstance(image_size, int) else list(image_size)
         try:
-            config.check()
+            # In float64, so the only error left is the final rounding (scipy's zoom is float64 too).
+            resize_to(config, state, image_size, precision=torch.float64)
         except ValueError as error:
             raise ConversionError(f"Cannot resize to {image_size}: {error}") from None
-        prefix = 1 if config.classifier == "token" else 0
-        method = config.pos_embed_interpolation
-        # In float64, so the only error left is the final rounding to float32 (scipy's zoom is float64 too).
-        pos_embed = state[POS_EMBED_KEY].to(torch.float64)
-        pos_embed = resize_pos_embed(pos_embed, old_grid, config.grid_size, prefix, method)
-        state[POS_EMBED_KEY] = pos_embed.to(torch.float32)
     has_head = "classifier.weight" in state
     new_head = drop_head or num_labels is not None or (not has_head and labels is not None)
     if new_head:
         count = num_labels if num_labels is not None else len(labels) if labels is not None else config.num_labels
         if count < 1:
             raise ConversionError(f"num_labels must be positive, got {count}.")
-        for key in [key for key in state if key.startswith(("classifier.", "vit.pre_logits."))]:
-            del state[key]
-        config.representation_size = None
-        config.num_labels = count
-        state["classifier.weight"] = torch.zeros(count, config.hidden_size)
-        state["classifier.bias"] = torch.zeros(count)
+        replace_head(config, state, {index: f"LABEL_{index}" for index in range(count)})
     elif not has_head:
         raise ConversionError(
             f"{converted.source} has no classification head; pass num_labels (--num-labels K) to add a new one."
