@@ -6,22 +6,22 @@ saved with their code (`auto_map`), so saved folders load anywhere with `trust_r
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-from .configuration import HybridVisionTransformerConfig, VisionTransformerConfig
-from .modeling import (
+from .models.configuration import HybridVisionTransformerConfig, VisionTransformerConfig
+from .models.modeling import (
     VisionTransformerForImageClassification,
     VisionTransformerForMaskedPatchPrediction,
     VisionTransformerModel,
     VisionTransformerPreTrainedModel,
 )
-from .modeling_hybrid import (
+from .models.modeling_hybrid import (
     HybridVisionTransformerForImageClassification,
     HybridVisionTransformerForMaskedPatchPrediction,
     HybridVisionTransformerModel,
     HybridVisionTransformerPreTrainedModel,
 )
-from .pos_embed import resize_pos_embed
-from .presets import create_config, create_model, list_presets
-from .processing import create_image_processor
+from .models.pos_embed import resize_pos_embed
+from .models.presets import create_config, create_model, list_presets
+from .models.processing import create_image_processor
 
 __version__ = "0.1.0"
 

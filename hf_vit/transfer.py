@@ -6,8 +6,8 @@ Both work on a config and a state dict, in place, so conversion can do it before
 import torch
 from transformers import PretrainedConfig
 
-from .configuration import to_pair
-from .pos_embed import resize_pos_embed
+from .models.configuration import to_pair
+from .models.pos_embed import resize_pos_embed
 
 POS_EMBED_KEY = "vit.embeddings.position_embeddings"
 HEAD_PREFIXES = ("classifier.", "vit.pre_logits.")

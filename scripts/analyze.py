@@ -18,8 +18,8 @@ from PIL import Image, UnidentifiedImageError
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 import hf_vit
-from hf_vit import plotting
-from hf_vit.analysis import analyze
+from hf_vit.tools import plotting
+from hf_vit.tools.analysis import analyze
 
 
 def load_model(name: str, seed: int) -> tuple[torch.nn.Module, object]:
@@ -34,7 +34,7 @@ def load_model(name: str, seed: int) -> tuple[torch.nn.Module, object]:
         processor = AutoImageProcessor.from_pretrained(path) if has_processor else None
         return model, processor or hf_vit.create_image_processor(model.config)
     try:
-        hf_vit.presets.resolve_preset(name)
+        hf_vit.models.presets.resolve_preset(name)
     except ValueError as error:
         raise ValueError(f"--model {name!r} is neither a saved model folder nor a preset. {error}") from None
     torch.manual_seed(seed)

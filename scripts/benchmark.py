@@ -7,10 +7,21 @@ python scripts/benchmark.py --smoke                                 # a tiny mod
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
-from hf_vit.benchmarking import DTYPES, IMPLEMENTATIONS, MODES, Settings, format_markdown, run_benchmark, write_json
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a developer tool beside the package
+
+from benchmarks.benchmarking import (  # noqa: E402
+    DTYPES,
+    IMPLEMENTATIONS,
+    MODES,
+    Settings,
+    format_markdown,
+    run_benchmark,
+    write_json,
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -13,8 +13,8 @@ The folder loads with AutoModelForImageClassification.from_pretrained(out, trust
 import argparse
 import sys
 
-from hf_vit.convert import SOURCES, ConversionError, convert_checkpoint
-from hf_vit.hub import HubError
+from hf_vit.tools.convert import SOURCES, ConversionError, convert_checkpoint
+from hf_vit.tools.hub import HubError
 
 
 def parse_image_size(text: str) -> int | tuple[int, int]:

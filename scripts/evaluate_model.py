@@ -8,8 +8,8 @@ import argparse
 import json
 import sys
 
-from hf_vit.data import add_data_arguments
-from hf_vit.evaluation import add_inference_arguments, evaluate_classifier
+from hf_vit.training.data import add_data_arguments
+from hf_vit.training.evaluation import add_inference_arguments, evaluate_classifier
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,9 +6,9 @@ python scripts/fewshot.py --model outputs/pretrain --shots 1 5 10 25 --seeds 3 -
 import argparse
 import sys
 
-from hf_vit.data import add_data_arguments
-from hf_vit.evaluation import add_inference_arguments
-from hf_vit.fewshot import add_fewshot_arguments, run_fewshot
+from hf_vit.training.data import add_data_arguments
+from hf_vit.training.evaluation import add_inference_arguments
+from hf_vit.training.fewshot import add_fewshot_arguments, run_fewshot
 
 
 def main(argv: list[str] | None = None) -> int:

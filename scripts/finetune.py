@@ -7,9 +7,9 @@ accelerate launch scripts/finetune.py --model M --dataset D --image-size 384  # 
 import argparse
 import sys
 
-from hf_vit.data import add_data_arguments
-from hf_vit.finetuning import add_finetuning_arguments, finetune
-from hf_vit.hub import HubError
+from hf_vit.tools.hub import HubError
+from hf_vit.training.data import add_data_arguments
+from hf_vit.training.finetuning import add_finetuning_arguments, finetune
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,9 +7,9 @@ python scripts/pretrain.py                                                # smal
 import argparse
 import sys
 
-from hf_vit.data import add_data_arguments
-from hf_vit.hub import HubError
-from hf_vit.pretraining import NonFiniteLossError, Trainer, add_training_arguments
+from hf_vit.tools.hub import HubError
+from hf_vit.training.data import add_data_arguments
+from hf_vit.training.pretraining import NonFiniteLossError, Trainer, add_training_arguments
 
 
 def main(argv: list[str] | None = None) -> int:

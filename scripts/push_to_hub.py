@@ -8,7 +8,7 @@ Log in first (`hf auth login`) or set HF_TOKEN; HF_ENDPOINT selects another Hub.
 import argparse
 import sys
 
-from hf_vit.hub import HubError, push_model
+from hf_vit.tools.hub import HubError, push_model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from PIL import Image
 from scipy.spatial.distance import pdist
 
 import hf_vit
-from hf_vit.analysis import (
+from hf_vit.tools.analysis import (
     analyze,
     attention_rollout,
     filter_principal_components,

@@ -1,4 +1,4 @@
-"""scripts/benchmark.py and hf_vit.benchmarking: report structure in smoke mode, FLOP counts, skipped peers."""
+"""scripts/benchmark.py and benchmarks.benchmarking: report structure in smoke mode, FLOP counts, skipped peers."""
 
 import importlib.util
 import json
@@ -10,8 +10,7 @@ import torch
 from conftest import TINY
 
 import hf_vit
-from hf_vit import VisionTransformerConfig
-from hf_vit.benchmarking import (
+from benchmarks.benchmarking import (
     PeerUnavailable,
     Settings,
     benchmark_config,
@@ -22,7 +21,8 @@ from hf_vit.benchmarking import (
     forward_flops,
     run_benchmark,
 )
-from hf_vit.configuration import to_pair
+from hf_vit import VisionTransformerConfig
+from hf_vit.models.configuration import to_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import hf_vit
-from hf_vit.presets import resolve_preset
+from hf_vit.models.presets import resolve_preset
 
 # Official counts at 224 px, 1000 classes, cls token, no representation layer (shared/reference/vit-facts.md).
 OFFICIAL_PARAMS = {

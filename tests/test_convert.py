@@ -20,7 +20,7 @@ from conftest import TINY
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageClassification
 
-from hf_vit.convert import ConversionError, convert_checkpoint, read_labels
+from hf_vit.tools.convert import ConversionError, convert_checkpoint, read_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5
@@ -398,7 +398,7 @@ def test_transformers_base_model_with_pooler_needs_a_head(tmp_path):
 
 
 def test_transformers_pooler_is_the_representation_layer(tmp_path):
-    from hf_vit.convert import load_checkpoint
+    from hf_vit.tools.convert import load_checkpoint
 
     model = transformers_vit("ViTModel")
     model.save_pretrained(tmp_path / "source")
@@ -478,7 +478,7 @@ def test_existing_output_is_left_untouched(tmp_path):
 
 
 def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
-    from hf_vit.convert import common
+    from hf_vit.tools.convert import common
 
     def broken_processor(config):
         raise OSError("disk full")

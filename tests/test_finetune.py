@@ -13,11 +13,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import hf_vit
-from hf_vit.evaluation import classification_metrics, label_mapping
-from hf_vit.fewshot import draw_shots, fit_least_squares
-from hf_vit.finetuning import prepare_for_finetuning
-from hf_vit.hub import push_model
-from hf_vit.metrics import load_metric
+from hf_vit.tools.hub import push_model
+from hf_vit.training.evaluation import classification_metrics, label_mapping
+from hf_vit.training.fewshot import draw_shots, fit_least_squares
+from hf_vit.training.finetuning import prepare_for_finetuning
+from hf_vit.training.metrics import load_metric
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGIT_NAMES = [f"digit{i}" for i in range(10)]
@@ -282,7 +282,7 @@ def test_finetuning_card_names_hub_datasets_and_models_only(tmp_path, monkeypatc
     import argparse
     from types import SimpleNamespace
 
-    from hf_vit.finetuning import finetuning_card
+    from hf_vit.training.finetuning import finetuning_card
 
     model = prepare_for_finetuning(pretrained(), 10, image_size=48)
     args = argparse.Namespace(
@@ -373,9 +373,9 @@ def test_fewshot_features_are_the_pooled_pre_logits(pretrained_folder, digits_fo
     """The probe's accuracy recomputed by hand from model.vit(...).pooler_output of the drawn images."""
     import argparse
 
-    from hf_vit.data import decode_image, load_image_data
-    from hf_vit.evaluation import ProcessorTransform, load_classifier
-    from hf_vit.fewshot import run_fewshot
+    from hf_vit.training.data import decode_image, load_image_data
+    from hf_vit.training.evaluation import ProcessorTransform, load_classifier
+    from hf_vit.training.fewshot import run_fewshot
 
     args = argparse.Namespace(
         model=str(pretrained_folder),
@@ -428,8 +428,8 @@ def test_training_samples_learn_the_epoch():
     """Seeded augmentation must change between epochs; the Trainer's data loader only tells its sampler."""
     from transformers import TrainerControl, TrainerState
 
-    from hf_vit.data import ImageSamples
-    from hf_vit.finetuning import EpochAugmentation
+    from hf_vit.training.data import ImageSamples
+    from hf_vit.training.finetuning import EpochAugmentation
 
     samples = ImageSamples([], transform=None, image_column="image", label_column="label")
     EpochAugmentation(samples).on_epoch_begin(None, TrainerState(epoch=2.9999999999), TrainerControl())

@@ -19,8 +19,8 @@ from PIL import Image
 from transformers import AutoModelForImageClassification
 
 import hf_vit
-from hf_vit.hub import HubError, push_model
-from hf_vit.model_card import render_model_card
+from hf_vit.tools.hub import HubError, push_model
+from hf_vit.tools.model_card import render_model_card
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["cat", "dog", "fish", "bird", "frog"]
@@ -255,7 +255,7 @@ def test_model_card_describes_the_preset_and_its_results():
 
 
 def test_card_templates_ship_inside_the_package():
-    templates = Path(hf_vit.__file__).parent / "model_cards"
+    templates = Path(hf_vit.__file__).parent / "tools" / "model_cards"
     assert sorted(p.name for p in templates.glob("*.md")) == ["hybrid.md", "vit.md"]
     assert (ROOT / "model_cards" / "vit.md").read_text() == (templates / "vit.md").read_text()
 

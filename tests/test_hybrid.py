@@ -9,7 +9,7 @@ from conftest import TINY, randomize_head, run_without_hf_vit
 from transformers import AutoModel, AutoModelForImageClassification
 
 import hf_vit
-from hf_vit.resnet import BottleneckUnit, ResNetBackbone, pad_same
+from hf_vit.models.resnet import BottleneckUnit, ResNetBackbone, pad_same
 
 # Official parameter counts (vit-facts.md).
 OFFICIAL = {

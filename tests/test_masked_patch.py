@@ -5,7 +5,7 @@ import torch
 from conftest import TINY
 
 import hf_vit
-from hf_vit.modeling import mean_colour_classes
+from hf_vit.models.modeling import mean_colour_classes
 
 
 def test_mean_colour_classes_match_a_numpy_count():

@@ -20,11 +20,11 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import AutoModelForImageClassification, PreTrainedModel
 
-from ..configuration import HybridVisionTransformerConfig, VisionTransformerConfig, resnet_stride, to_pair
+from ...models.configuration import HybridVisionTransformerConfig, VisionTransformerConfig, resnet_stride, to_pair
+from ...models.presets import create_config
+from ...models.processing import create_image_processor
+from ...transfer import replace_head, resize_to
 from ..model_card import render_model_card, weight_changes
-from ..presets import create_config
-from ..processing import create_image_processor
-from ..transfer import replace_head, resize_to
 
 # Fields that define the architecture: a preset must agree with the checkpoint on these.
 ARCHITECTURE_FIELDS = (

@@ -3,7 +3,7 @@
 Each source has a module that reads its layout into a `Converted` (our config and weights); `common` resizes,
 replaces the head, checks every name and shape against our model, and writes the folder atomically.
 
-    from hf_vit.convert import convert_checkpoint
+    from hf_vit.tools.convert import convert_checkpoint
     convert_checkpoint("jax", "ViT-B_16.npz", "vit-b16", image_size=384)
 """
 
@@ -74,7 +74,7 @@ def convert_checkpoint(
     The card names the checkpoint, what changed on the way, `base_model` (the Hub repo the checkpoint came from;
     read off the path for a checkpoint in the Hugging Face cache) and the weights' `license`.
     On any error `output` is left as it was. With `push_to_hub` the folder is then pushed with
-    `hf_vit.hub.push_model`, which raises `HubError` when the Hub refuses it or cannot be reached; the converted
+    `hf_vit.tools.hub.push_model`, which raises `HubError` when the Hub refuses it or cannot be reached; the converted
     folder is complete and stays by then.
     """
     output = check_output(output)

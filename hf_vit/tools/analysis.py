@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .configuration import to_pair
+from ..models.configuration import to_pair
 
 # Patch-to-patch attention weights are renormalised to sum to one per query (the weight on the class token is dropped),
 # so that a head that parks most of its attention on the class token still reports where its patch attention goes.

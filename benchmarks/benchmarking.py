@@ -33,8 +33,8 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForImageClassification, PretrainedConfig
 
-from .configuration import is_hybrid, to_pair
-from .presets import create_config, resolve_preset
+from hf_vit.models.configuration import is_hybrid, to_pair
+from hf_vit.models.presets import create_config, resolve_preset
 
 OURS = "hf_vit"
 PEERS = ("transformers", "timm")

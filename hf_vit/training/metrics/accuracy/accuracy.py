@@ -16,7 +16,7 @@ Args:
 Returns:
     accuracy (`float`): in [0, 1].
 Example:
-    >>> metric = evaluate.load("path/to/hf_vit/metrics/accuracy")
+    >>> metric = evaluate.load("path/to/hf_vit/training/metrics/accuracy")
     >>> metric.compute(predictions=[0, 1, 2, 2], references=[0, 1, 1, 2])
     {'accuracy': 0.75}
 """

@@ -15,8 +15,8 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelet
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import AutoConfig, BaseImageProcessor, PreTrainedModel
 
+from ..models.processing import create_image_processor
 from .model_card import render_model_card
-from .processing import create_image_processor
 
 # Files of a saved model that are shared; anything else in an output folder (checkpoints, logs) stays local.
 SHARED_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.json", "*.py", "README.md")

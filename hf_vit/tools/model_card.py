@@ -1,4 +1,4 @@
-"""Model cards (README.md) for saved and shared models, rendered from the templates in `hf_vit/model_cards/`.
+"""Model cards (README.md) for saved and shared models, rendered from the templates in `hf_vit/tools/model_cards/`.
 
 The pre-training, fine-tuning and conversion code call `render_model_card` to write README.md next to the weights;
 `hf_vit.hub.push_model` writes one when a folder has none.
@@ -14,8 +14,8 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import AutoModel, AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
 
-from .configuration import is_hybrid, to_pair
-from .presets import PRESETS
+from ..models.configuration import is_hybrid, to_pair
+from ..models.presets import PRESETS
 
 TEMPLATES = Path(__file__).parent / "model_cards"
 TAGS = ["vision-transformer", "image-classification", "hf_vit", "custom_code"]

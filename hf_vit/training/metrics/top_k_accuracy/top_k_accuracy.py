@@ -20,7 +20,7 @@ Args:
 Returns:
     top_k_accuracy (`float`): in [0, 1].
 Example:
-    >>> metric = evaluate.load("path/to/hf_vit/metrics/top_k_accuracy")
+    >>> metric = evaluate.load("path/to/hf_vit/training/metrics/top_k_accuracy")
     >>> metric.compute(predictions=[[3, 1], [0, 2]], references=[1, 1], k=2)
     {'top_k_accuracy': 0.5}
 """

@@ -21,15 +21,15 @@ import torch
 from huggingface_hub import ModelCard
 from torch.nn import functional as F
 
+from ..models.configuration import HybridVisionTransformerConfig, to_pair
+from ..models.modeling import VisionTransformerForMaskedPatchPrediction, mean_colour_classes
+from ..models.modeling_hybrid import HybridVisionTransformerForMaskedPatchPrediction
+from ..models.presets import create_config, resolve_preset
+from ..models.processing import create_image_processor
+from ..tools.hub import push_model
+from ..tools.model_card import hub_id, render_model_card
 from .cli import add_run_arguments
-from .configuration import HybridVisionTransformerConfig, to_pair
 from .data import Collate, ImageData, ImageSamples, StreamedImages, build_transforms, is_digits, load_image_data
-from .hub import push_model
-from .model_card import hub_id, render_model_card
-from .modeling import VisionTransformerForMaskedPatchPrediction, mean_colour_classes
-from .modeling_hybrid import HybridVisionTransformerForMaskedPatchPrediction
-from .presets import create_config, resolve_preset
-from .processing import create_image_processor
 
 PAPER_RUN_STEPS = 300_000  # ~90 epochs of ImageNet-21k at batch 4096, over which the paper warms up 10k steps
 PAPER_WARMUP_STEPS = 10_000

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .configuration import to_pair
+from ..models.configuration import to_pair
+from ..models.processing import create_image_processor
 from .data import Collate, ImageData, ImageSamples, StreamedImages, load_image_data, load_split
 from .metrics import load_metric
-from .processing import create_image_processor
 
 TOP_K = 5
 

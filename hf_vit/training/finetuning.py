@@ -17,14 +17,14 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import PreTrainedModel, TrainerCallback, TrainingArguments
 
+from ..models.configuration import POS_EMBED_INTERPOLATIONS, to_pair
+from ..models.processing import create_image_processor
+from ..tools.hub import push_model
+from ..tools.model_card import hub_id, render_model_card, weight_changes
+from ..transfer import replace_head, resize_to
 from .cli import add_run_arguments
-from .configuration import POS_EMBED_INTERPOLATIONS, to_pair
 from .data import Collate, ImageSamples, StreamedImages, build_transforms, is_digits, load_image_data
 from .evaluation import TOP_K, ProcessorTransform, check_model_name, classification_metrics
-from .hub import push_model
-from .model_card import hub_id, render_model_card, weight_changes
-from .processing import create_image_processor
-from .transfer import replace_head, resize_to
 
 PAPER_BATCH_SIZE = 512
 PAPER_WARMUP_STEPS = 500

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..presets import WIDTHS, create_config
+from ...models.presets import WIDTHS, create_config
 from .common import (
     BACKBONE,
     DOWNSAMPLE_TENSORS,
