@@ -1,57 +1,57 @@
 """hf_vit: the Vision Transformer of Dosovitskiy et al. (ICLR 2021), plain and hybrid, as Hugging Face models.
 
-Importing the package registers the configs and models with the transformers Auto classes and marks them to be
-saved with their code (`auto_map`), so saved folders load anywhere with `trust_remote_code=True`.
+The package loads lazily, as transformers does: `import hf_vit` imports nothing heavy, and each name below is
+imported when first used (so the scripts answer --help without loading torch). The first use of a model, config or
+preset (anything from `hf_vit.models`) registers hf_vit with the transformers Auto classes.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
-
-from .models.configuration import HybridVisionTransformerConfig, VisionTransformerConfig
-from .models.modeling import (
-    VisionTransformerForImageClassification,
-    VisionTransformerForMaskedPatchPrediction,
-    VisionTransformerModel,
-    VisionTransformerPreTrainedModel,
-)
-from .models.modeling_hybrid import (
-    HybridVisionTransformerForImageClassification,
-    HybridVisionTransformerForMaskedPatchPrediction,
-    HybridVisionTransformerModel,
-    HybridVisionTransformerPreTrainedModel,
-)
-from .models.pos_embed import resize_pos_embed
-from .models.presets import create_config, create_model, list_presets
-from .models.processing import create_image_processor
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    "models": [
+        "HybridVisionTransformerConfig",
+        "HybridVisionTransformerForImageClassification",
+        "HybridVisionTransformerForMaskedPatchPrediction",
+        "HybridVisionTransformerModel",
+        "HybridVisionTransformerPreTrainedModel",
+        "VisionTransformerConfig",
+        "VisionTransformerForImageClassification",
+        "VisionTransformerForMaskedPatchPrediction",
+        "VisionTransformerModel",
+        "VisionTransformerPreTrainedModel",
+        "create_config",
+        "create_image_processor",
+        "create_model",
+        "list_presets",
+        "resize_pos_embed",
+    ],
+    "loading": ["load_model", "load_image_processor"],
+    "training.arguments": [
+        "EvaluationArguments",
+        "FewshotArguments",
+        "FinetuningArguments",
+        "PretrainingArguments",
+    ],
+    "training.pretraining": ["pretrain"],
+    "training.finetuning": ["finetune", "prepare_for_finetuning"],
+    "training.evaluation": ["evaluate_classifier"],
+    "training.fewshot": ["run_fewshot"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-def _register(config_class, model_class, classification_class) -> None:
-    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-    AutoModel.register(config_class, model_class, exist_ok=True)
-    AutoModelForImageClassification.register(config_class, classification_class, exist_ok=True)
-    config_class.register_for_auto_class()
-    model_class.register_for_auto_class("AutoModel")
-    classification_class.register_for_auto_class("AutoModelForImageClassification")
+__all__ = sorted(_MODULE_OF)
 
 
-_register(VisionTransformerConfig, VisionTransformerModel, VisionTransformerForImageClassification)
-_register(HybridVisionTransformerConfig, HybridVisionTransformerModel, HybridVisionTransformerForImageClassification)
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'hf_vit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
 
-__all__ = [
-    "HybridVisionTransformerConfig",
-    "HybridVisionTransformerForImageClassification",
-    "HybridVisionTransformerForMaskedPatchPrediction",
-    "HybridVisionTransformerModel",
-    "HybridVisionTransformerPreTrainedModel",
-    "VisionTransformerConfig",
-    "VisionTransformerForImageClassification",
-    "VisionTransformerForMaskedPatchPrediction",
-    "VisionTransformerModel",
-    "VisionTransformerPreTrainedModel",
-    "create_config",
-    "create_image_processor",
-    "create_model",
-    "list_presets",
-    "resize_pos_embed",
-]
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

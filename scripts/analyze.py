@@ -15,31 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
-import hf_vit
+from hf_vit.loading import load_image_processor, load_model
 from hf_vit.tools import plotting
 from hf_vit.tools.analysis import analyze
-
-
-def load_model(name: str, seed: int) -> tuple[torch.nn.Module, object]:
-    """A saved model folder (with its image processor if saved), or a preset initialised at random from `seed`."""
-    path = Path(name)
-    if path.is_dir():
-        config = AutoConfig.from_pretrained(path)
-        classifies = any(arch.endswith("ForImageClassification") for arch in config.architectures or [])
-        model_class = AutoModelForImageClassification if classifies else AutoModel
-        model = model_class.from_pretrained(path)
-        has_processor = (path / "preprocessor_config.json").is_file()
-        processor = AutoImageProcessor.from_pretrained(path) if has_processor else None
-        return model, processor or hf_vit.create_image_processor(model.config)
-    try:
-        hf_vit.models.presets.resolve_preset(name)
-    except ValueError as error:
-        raise ValueError(f"--model {name!r} is neither a saved model folder nor a preset. {error}") from None
-    torch.manual_seed(seed)
-    model = hf_vit.create_model(name)
-    return model, hf_vit.create_image_processor(model.config)
 
 
 def load_images(paths: list[str]) -> list[Image.Image]:
@@ -75,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         images = load_images(args.image)
-        model, processor = load_model(args.model, args.seed)
+        torch.manual_seed(args.seed)  # the initialisation of a preset
+        model = load_model(args.model, task="auto")
+        processor = load_image_processor(args.model, model.config)
         pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
         model = model.to(args.device)
         result = analyze(model, pixel_values.to(args.device), args.num_components)

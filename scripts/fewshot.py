@@ -1,25 +1,22 @@
 """Few-shot linear evaluation of frozen features: closed-form regularised least squares, as in the paper.
 
-python scripts/fewshot.py --model outputs/pretrain --shots 1 5 10 25 --seeds 3 --output fewshot.json
+python scripts/fewshot.py --model outputs/pretrain --shots 1 5 10 25 --seeds 3 --output outputs/fewshot.json
 """
 
-import argparse
 import sys
 
-from hf_vit.training.data import add_data_arguments
-from hf_vit.training.evaluation import add_inference_arguments
-from hf_vit.training.fewshot import add_fewshot_arguments, run_fewshot
+from transformers import HfArgumentParser
+
+from hf_vit.training.arguments import FewshotArguments
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_inference_arguments(parser)
-    add_fewshot_arguments(parser)
-    add_data_arguments(parser)
-    args = parser.parse_args(argv)
     try:
+        (args,) = HfArgumentParser(FewshotArguments, description=__doc__).parse_args_into_dataclasses(argv)
+        from hf_vit.training.fewshot import run_fewshot
+
         results = run_fewshot(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(

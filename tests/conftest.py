@@ -92,3 +92,82 @@ def hub(tmp_path, monkeypatch):
 def to_pixels(image: Image.Image, size: int) -> torch.Tensor:
     array = np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) / 127.5 - 1
     return torch.from_numpy(array).permute(2, 0, 1)[None]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGIT_NAMES = [f"digit{i}" for i in range(10)]
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory) -> Path:
+    """An imagefolder of 12 real handwritten digits per class (scikit-learn's), upscaled from 8x8 to 32x32 PNGs."""
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("digits")
+    digits = load_digits()
+    for label, name in enumerate(DIGIT_NAMES):
+        (root / name).mkdir()
+        for index in np.flatnonzero(digits.target == label)[:12]:
+            pixels = (digits.images[index] * 255 / 16).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").resize((32, 32), Image.BICUBIC).save(root / name / f"{index}.png")
+    return root
+
+
+def load_script(name: str):
+    """A script's module, to call its main(argv) in this process (no second interpreter start-up)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(
+    name: str, *args: str, launcher: list[str] | None = None, check: bool = True, timeout: int = 600, **env: str
+) -> subprocess.CompletedProcess:
+    """Run scripts/<name>.py in a new process (offline, one thread per process unless `env` says otherwise)."""
+    command = [*(launcher or [sys.executable]), str(ROOT / "scripts" / f"{name}.py"), *args]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **env}
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=timeout)
+    if check:
+        assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def pretrained(representation_size: int | None = 16) -> hf_vit.VisionTransformerForImageClassification:
+    """A "pre-trained" tiny ViT at 32 px: 5 classes, a representation layer and a non-zero head to be replaced."""
+    torch.manual_seed(0)
+    config = hf_vit.VisionTransformerConfig(**TINY, representation_size=representation_size)
+    model = randomize_head(hf_vit.VisionTransformerForImageClassification(config))
+    with torch.no_grad():
+        model.vit.embeddings.position_embeddings.normal_()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def pretrained_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("pretrained")
+    model = pretrained()
+    model.save_pretrained(folder)
+    hf_vit.create_image_processor(model.config).save_pretrained(folder)
+    return folder
+
+
+DATA = ["--eval-fraction", "0.25", "--per-device-batch-size", "16"]
+
+
+FINETUNE_DATA = ["--eval-fraction", "0.25", "--per-device-batch-size", "16"]
+
+
+@pytest.fixture(scope="session")
+def finetuned(digits_folder, pretrained_folder, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("finetuned")
+    code = load_script("finetune").main(
+        [
+            *("--model", str(pretrained_folder), "--dataset", str(digits_folder), "--image-size", "48"),
+            *(*FINETUNE_DATA, "--gradient-accumulation-steps", "1", "--max-steps", "4", "--output-dir", str(out)),
+        ]
+    )
+    assert code == 0
+    return out

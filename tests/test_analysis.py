@@ -1,17 +1,17 @@
 """The paper's analyses on constructed cases with known answers, and scripts/analyze.py end to end."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, to_pixels
+from conftest import TINY, load_script, to_pixels
 from PIL import Image
 from scipy.spatial.distance import pdist
 
 import hf_vit
+from hf_vit.loading import load_image_processor, load_model
 from hf_vit.tools.analysis import (
     analyze,
     attention_rollout,
@@ -22,8 +22,6 @@ from hf_vit.tools.analysis import (
     position_embedding_similarity,
     rollout_map,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def random_attention(layers: int, batch: int, heads: int, tokens: int, seed: int = 0) -> list[torch.Tensor]:
@@ -186,13 +184,6 @@ def test_filter_components_recover_planted_patterns():
     assert result.explained_variance_ratio[:2].sum() > 0.999
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("analyze_script", ROOT / "scripts" / "analyze.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def save_tiny_model(folder: Path, **overrides) -> Path:
     config = hf_vit.VisionTransformerConfig(**{**TINY, **overrides})
     torch.manual_seed(0)
@@ -212,7 +203,7 @@ def test_analyze_script_writes_figures_and_numbers(tmp_path, photo, capsys):
     image = tmp_path / "china.jpg"
     photo.save(image)
     args = ["--model", str(model), "--output-dir", str(tmp_path / "out"), "--image", str(image), "--image", str(image)]
-    assert load_script().main(args) == 0
+    assert load_script("analyze").main(args) == 0
     assert "2 image(s), 2 layers x 4 heads" in capsys.readouterr().out
     out = tmp_path / "out"
     expected = {
@@ -252,7 +243,7 @@ def test_analyze_script_on_a_hybrid(tmp_path, photo, capsys):
     image = tmp_path / "china.jpg"
     photo.save(image)
     out = tmp_path / "out"
-    assert load_script().main(["--model", str(folder), "--image", str(image), "--output-dir", str(out)]) == 0
+    assert load_script("analyze").main(["--model", str(folder), "--image", str(image), "--output-dir", str(out)]) == 0
     note = (
         "the patch-embedding filters are not shown for a hybrid model: its projection sees ResNet features, not pixels."
     )
@@ -274,8 +265,9 @@ def test_analyze_script_on_a_hybrid(tmp_path, photo, capsys):
     assert rollout.shape == (1, 4, 4)
     np.testing.assert_allclose(rollout.sum(), 1.0, atol=1e-4)
     # The distances are those of the reloaded model's attention on the saved JPEG over the 4x4 grid at 8 px per token.
-    script = load_script()
-    model, processor = script.load_model(str(folder), seed=0)
+    script = load_script("analyze")
+    model = load_model(str(folder), task="auto")
+    processor = load_image_processor(str(folder), model.config)
     assert isinstance(model, hf_vit.HybridVisionTransformerForImageClassification)
     with pytest.raises(ValueError, match="hybrid model: its projection sees ResNet features, not pixels"):
         pixel_filters(model)
@@ -293,7 +285,10 @@ def test_analyze_script_on_a_gap_model(tmp_path, photo):
     image = tmp_path / "china.png"
     photo.resize((80, 60)).save(image)
     assert (
-        load_script().main(["--model", str(model), "--image", str(image), "--output-dir", str(tmp_path / "out")]) == 0
+        load_script("analyze").main(
+            ["--model", str(model), "--image", str(image), "--output-dir", str(tmp_path / "out")]
+        )
+        == 0
     )
     summary = json.loads((tmp_path / "out" / "analysis.json").read_text())
     assert summary["num_prefix_tokens"] == 0 and summary["classifier"] == "gap"
@@ -302,7 +297,7 @@ def test_analyze_script_on_a_gap_model(tmp_path, photo):
 
 
 def test_analyze_script_errors_name_the_problem(tmp_path, capsys):
-    script = load_script()
+    script = load_script("analyze")
     assert script.main(["--model", "ViT-Q/3", "--image", "x.jpg", "--output-dir", str(tmp_path)]) == 1
     assert "no such file" in capsys.readouterr().err
     (tmp_path / "bad.jpg").write_text("not an image")
@@ -313,13 +308,14 @@ def test_analyze_script_errors_name_the_problem(tmp_path, capsys):
     Image.new("RGB", (32, 32), "red").save(photo_path)
     assert script.main(["--model", "ViT-Q/3", "--image", str(photo_path), "--output-dir", str(tmp_path)]) == 1
     error = capsys.readouterr().err
-    assert "'ViT-Q/3' is neither a saved model folder nor a preset" in error and "ViT-Ti/16" in error
+    assert "--model 'ViT-Q/3': unknown preset. Available presets: ViT-Ti/16," in error
     with pytest.raises(SystemExit):
         script.main(["--model", "ViT-Ti/16", "--image", str(photo_path), "--output-dir", ".", "--num-components", "0"])
     assert "--num-components must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_a_preset_gives_a_random_model_of_its_size():
-    model, processor = load_script().load_model("vit-ti/16", seed=0)
+    model = load_model("vit-ti/16", task="auto")
+    processor = load_image_processor("vit-ti/16", model.config)
     assert model.config.num_hidden_layers == 12 and model.config.hidden_size == 192
     assert processor.size == {"height": 224, "width": 224}

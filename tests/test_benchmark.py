@@ -1,13 +1,11 @@
 """scripts/benchmark.py and benchmarks.benchmarking: report structure in smoke mode, FLOP counts, skipped peers."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, load_script
 
 import hf_vit
 from benchmarks.benchmarking import (
@@ -23,15 +21,6 @@ from benchmarks.benchmarking import (
 )
 from hf_vit import VisionTransformerConfig
 from hf_vit.models.configuration import to_pair
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def vit_b16_flops_by_hand() -> int:
@@ -106,7 +95,7 @@ def test_hybrid_preset_flops_count_our_resnet():
 
 
 def test_smoke_run_writes_table_and_json(tmp_path, capsys):
-    script = load_script()
+    script = load_script("benchmark")
     path = tmp_path / "report.json"
     assert script.main(["--smoke", "--device", "cpu", "--model", "ViT-B/16,vit-s-16", "--json", str(path)]) == 0
     table = capsys.readouterr().out
@@ -162,7 +151,7 @@ def test_missing_peer_is_skipped_with_a_note(monkeypatch):
 
 
 def test_bad_arguments_are_named(capsys):
-    script = load_script()
+    script = load_script("benchmark")
     assert script.main(["--smoke", "--model", "ViT-Q/16"]) == 2
     assert "error: Unknown preset 'ViT-Q/16'. Available presets: ViT-Ti/16" in capsys.readouterr().err
     assert script.main(["--smoke", "--batch-size", "0"]) == 2

@@ -1,87 +1,19 @@
-"""Fine-tuning (Trainer), few-shot linear evaluation and evaluation, end to end on real images (digits as PNGs)."""
+"""Fine-tuning: the model surgery, scripts/finetune.py on real digits, its card, the Trainer details."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, randomize_head, run_without_hf_vit
+from conftest import DIGIT_NAMES, FINETUNE_DATA, TINY, load_script, pretrained, run_without_hf_vit
 from huggingface_hub import HfApi, ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 
 import hf_vit
 from hf_vit.tools.hub import push_model
-from hf_vit.training.evaluation import classification_metrics, label_mapping
-from hf_vit.training.fewshot import draw_shots, fit_least_squares
 from hf_vit.training.finetuning import prepare_for_finetuning
-from hf_vit.training.metrics import load_metric
-
-ROOT = Path(__file__).resolve().parents[1]
-DIGIT_NAMES = [f"digit{i}" for i in range(10)]
-
-
-def script(name: str):
-    """A script's module, to call its main(argv) in this process (no second interpreter start-up)."""
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def pretrained(representation_size: int | None = 16) -> hf_vit.VisionTransformerForImageClassification:
-    """A "pre-trained" tiny ViT at 32 px: 5 classes, a representation layer and a non-zero head to be replaced."""
-    torch.manual_seed(0)
-    config = hf_vit.VisionTransformerConfig(**TINY, representation_size=representation_size)
-    model = randomize_head(hf_vit.VisionTransformerForImageClassification(config))
-    with torch.no_grad():
-        model.vit.embeddings.position_embeddings.normal_()
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def digits_folder(tmp_path_factory) -> Path:
-    """An imagefolder of 12 real handwritten digits per class, upscaled from 8x8 to 32x32 PNGs."""
-    from sklearn.datasets import load_digits
-
-    root = tmp_path_factory.mktemp("digits")
-    digits = load_digits()
-    for label, name in enumerate(DIGIT_NAMES):
-        (root / name).mkdir()
-        for index in np.flatnonzero(digits.target == label)[:12]:
-            pixels = (digits.images[index] * 255 / 16).astype(np.uint8)
-            Image.fromarray(pixels, mode="L").resize((32, 32), Image.BICUBIC).save(root / name / f"{index}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def pretrained_folder(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("pretrained")
-    model = pretrained()
-    model.save_pretrained(folder)
-    hf_vit.create_image_processor(model.config).save_pretrained(folder)
-    return folder
-
-
-DATA = ["--eval-fraction", "0.25", "--per-device-batch-size", "16"]
-
-
-@pytest.fixture(scope="module")
-def finetuned(digits_folder, pretrained_folder, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("finetuned")
-    code = script("finetune").main(
-        [
-            *("--model", str(pretrained_folder), "--dataset", str(digits_folder), "--image-size", "48"),
-            *(*DATA, "--gradient-accumulation-steps", "1", "--max-steps", "4", "--output-dir", str(out)),
-        ]
-    )
-    assert code == 0
-    return out
-
-
-# -- model surgery ---------------------------------------------------------------------------------------------------
 
 
 def test_prepare_for_finetuning_new_head_no_pre_logits_resized_positions():
@@ -131,80 +63,6 @@ def test_prepare_for_finetuning_bicubic_and_bad_sizes():
         prepare_for_finetuning(model.vit, 3)
 
 
-# -- metrics and the least-squares probe ----------------------------------------------------------------------------
-
-
-def test_shipped_metrics_match_sklearn():
-    from sklearn.metrics import accuracy_score, top_k_accuracy_score
-
-    rng = np.random.default_rng(0)
-    scores, labels = rng.normal(size=(200, 12)), rng.integers(0, 12, 200)
-    ranked = np.argsort(-scores, axis=1)
-    accuracy = load_metric("accuracy").compute(predictions=ranked[:, 0], references=labels)["accuracy"]
-    assert accuracy == pytest.approx(accuracy_score(labels, ranked[:, 0]), abs=1e-12)
-    for k in (1, 3, 5):
-        top_k = load_metric("top_k_accuracy").compute(predictions=ranked[:, :5], references=labels, k=k)
-        expected = top_k_accuracy_score(labels, scores, k=k, labels=np.arange(12))
-        assert top_k["top_k_accuracy"] == pytest.approx(expected, abs=1e-12)
-    assert classification_metrics(ranked[:, :5], labels, 12) == pytest.approx(
-        {"accuracy": accuracy, "top5_accuracy": top_k_accuracy_score(labels, scores, k=5, labels=np.arange(12))}
-    )
-    assert set(classification_metrics(ranked[:, :3], labels % 3, 3)) == {"accuracy"}
-    with pytest.raises(ValueError, match="top-5 accuracy needs at least 5 ranked classes per example; one has 3"):
-        load_metric("top_k_accuracy").compute(predictions=ranked[:, :3], references=labels, k=5)
-
-
-@pytest.mark.parametrize("count", [40, 6])  # more examples than features (primal), fewer (dual)
-def test_least_squares_matches_lstsq(count):
-    rng = np.random.default_rng(count)
-    features, labels = rng.normal(size=(count, 10)) * 3 + 1, np.arange(count) % 4
-    probe = fit_least_squares(features, labels, num_classes=4, l2_reg=2.0**10)
-    # Ridge regression is least squares on the system stacked with sqrt(l2) I (all weights, bias included).
-    design = probe.design(features)
-    stacked = np.concatenate([design, np.sqrt(2.0**10) * np.eye(design.shape[1])])
-    targets = np.concatenate([2 * np.eye(4)[labels] - 1, np.zeros((design.shape[1], 4))])
-    expected = np.linalg.lstsq(stacked, targets, rcond=None)[0]
-    np.testing.assert_allclose(probe.weights, expected, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(design[:, :-1].mean(0), 0, atol=1e-9)  # standardised with the training statistics
-    np.testing.assert_allclose(design[:, :-1].std(0), 1, atol=1e-4)
-
-
-def test_least_squares_separates_separable_classes():
-    rng = np.random.default_rng(1)
-    centres = rng.normal(size=(5, 32)) * 4
-    labels = np.repeat(np.arange(5), 3)  # 3-shot
-    probe = fit_least_squares(centres[labels] + rng.normal(size=(15, 32)) * 0.3, labels, 5)
-    test_labels = np.tile(np.arange(5), 40)
-    predicted = probe.predict(centres[test_labels] + rng.normal(size=(200, 32)) * 0.3)
-    assert (predicted == test_labels).all()
-    with pytest.raises(ValueError, match=r"labels must be in \[0, 5\); got 0..7"):
-        fit_least_squares(np.zeros((2, 3)), np.array([0, 7]), 5)
-
-
-def test_draws_are_per_class_nested_and_seeded():
-    labels = np.repeat(np.arange(3), 10)
-    draw = draw_shots(labels, 3, 5, seed=0)
-    assert draw.shape == (3, 5) and (labels[draw] == np.arange(3)[:, None]).all()
-    assert len(np.unique(draw)) == 15
-    np.testing.assert_array_equal(draw, draw_shots(labels, 3, 5, seed=0))
-    assert not np.array_equal(draw, draw_shots(labels, 3, 5, seed=1))
-    uneven = np.concatenate([labels, [0, 1]])
-    assert draw_shots(uneven, 3, 10, seed=0).shape == (3, 10)
-    with pytest.raises(ValueError, match="Class 'c' has 10 training images; 11-shot evaluation needs 11 per class"):
-        draw_shots(uneven, 3, 11, seed=0, names=["a", "b", "c"])
-
-
-def test_label_mapping_by_name():
-    id2label = dict(enumerate(["cat", "dog", "fish"]))
-    np.testing.assert_array_equal(label_mapping(id2label, ["fish", "cat"]), [2, 0])
-    np.testing.assert_array_equal(label_mapping({0: "LABEL_0", 1: "LABEL_1"}, ["a", "b"]), [0, 1])
-    with pytest.raises(ValueError, match=r"1 of the dataset's 2 classes \(\['cow'\]\) are not among the model's 3"):
-        label_mapping(id2label, ["cat", "cow"])
-
-
-# -- the scripts ----------------------------------------------------------------------------------------------------
-
-
 def test_finetune_32_to_48_px(finetuned, pretrained_folder, digits_folder):
     config = json.loads((finetuned / "config.json").read_text())
     assert config["image_size"] == 48 and config["representation_size"] is None
@@ -240,9 +98,9 @@ def test_finetune_from_the_hub_pushes_to_the_hub_and_fails_in_one_line(
     hub, digits_folder, pretrained_folder, tmp_path, capsys
 ):
     push_model(pretrained_folder, "org/tiny-pretrained")
-    argv = ["--model", "org/tiny-pretrained", "--dataset", str(digits_folder), *DATA, "--max-steps", "1"]
+    argv = ["--model", "org/tiny-pretrained", "--dataset", str(digits_folder), *FINETUNE_DATA, "--max-steps", "1"]
     out = tmp_path / "out"
-    assert script("finetune").main([*argv, "--output-dir", str(out), "--push-to-hub", "org/tiny-digits"]) == 0
+    assert load_script("finetune").main([*argv, "--output-dir", str(out), "--push-to-hub", "org/tiny-digits"]) == 0
     assert capsys.readouterr().out.endswith(f"; saved to {out} and pushed to org/tiny-digits\n")
     api = HfApi()
     files = set(api.list_repo_files("org/tiny-digits"))
@@ -268,7 +126,7 @@ def test_finetune_from_the_hub_pushes_to_the_hub_and_fails_in_one_line(
     assert "Started from [org/tiny-pretrained](https://huggingface.co/org/tiny-pretrained)." in card.text
 
     kept = tmp_path / "kept"
-    assert script("finetune").main([*argv, "--output-dir", str(kept), "--push-to-hub", "forbidden/digits"]) == 1
+    assert load_script("finetune").main([*argv, "--output-dir", str(kept), "--push-to-hub", "forbidden/digits"]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == (
         "error: Could not push to forbidden/digits: the Hub answered 403: You don't have the rights to create a "
         f'model under the namespace "forbidden" (the fine-tuned model is saved in {kept})'
@@ -279,18 +137,16 @@ def test_finetune_from_the_hub_pushes_to_the_hub_and_fails_in_one_line(
 
 def test_finetuning_card_names_hub_datasets_and_models_only(tmp_path, monkeypatch):
     """Hub ids go into `datasets` and `base_model`; a local folder of the same shape does not."""
-    import argparse
     from types import SimpleNamespace
 
+    from hf_vit.training.arguments import FinetuningArguments
     from hf_vit.training.finetuning import finetuning_card
 
     model = prepare_for_finetuning(pretrained(), 10, image_size=48)
-    args = argparse.Namespace(
+    args = FinetuningArguments(
         model="org/vit-pretrained",
         dataset="org/digits",
         dataset_config="small",
-        output_dir="outputs/finetune",
-        push_to_hub=None,
         **dict(momentum=0.9, learning_rate=0.01, lr_schedule="cosine", weight_decay=0.0, grad_clip=0.0),
     )
     results = {"train_steps": 500, "total_train_batch_size": 512, "eval_loss": 0.25, "eval_accuracy": 0.875}
@@ -312,93 +168,10 @@ def test_finetuning_card_names_hub_datasets_and_models_only(tmp_path, monkeypatc
     assert local.data.base_model is None and "(cosine decay)" in local.text
 
 
-def test_evaluate_reproduces_the_finetuning_eval(finetuned, digits_folder, tmp_path, capsys):
-    out = tmp_path / "eval.json"
-    argv = ["--model", str(finetuned), "--dataset", str(digits_folder), "--eval-fraction", "0.25"]
-    assert script("evaluate_model").main([*argv, "--batch-size", "16", "--output", str(out)]) == 0
-    evaluated = json.loads(out.read_text())
-    trained = json.loads((finetuned / "all_results.json").read_text())
-    assert evaluated["eval_samples"] == 30 and evaluated["image_size"] == 48
-    assert evaluated["eval_accuracy"] == pytest.approx(trained["eval_accuracy"], abs=1e-12)
-    assert evaluated["eval_top5_accuracy"] == pytest.approx(trained["eval_top5_accuracy"], abs=1e-12)
-    assert json.loads(capsys.readouterr().out) == evaluated
-
-
-def test_evaluate_refuses_mismatched_labels_and_untrained_heads(finetuned, pretrained_folder, tmp_path, capsys):
-    other = tmp_path / "animals"
-    for name in ("cat", "dog"):
-        (other / name).mkdir(parents=True)
-        for i in range(4):
-            Image.new("RGB", (32, 32), (60 * i, 30, 200)).save(other / name / f"{i}.png")
-    evaluate = script("evaluate_model").main
-    assert evaluate(["--model", str(finetuned), "--dataset", str(other), "--split", "train"]) == 1
-    assert (
-        "2 of the dataset's 2 classes (['cat', 'dog']) are not among the model's 10 labels" in capsys.readouterr().err
-    )
-    assert evaluate(["--model", str(finetuned), "--dataset", str(other), "--label-column", "species"]) == 1
-    assert "label column 'species' is not in the dataset; its columns are ['image', 'label']" in capsys.readouterr().err
-    assert evaluate(["--model", str(tmp_path / "missing"), "--dataset", str(other)]) == 1
-    assert "no such folder" in capsys.readouterr().err
-    bare = tmp_path / "bare"
-    pretrained().vit.save_pretrained(bare)
-    assert evaluate(["--model", str(bare), "--dataset", str(other), "--split", "train"]) == 1
-    assert "is not a trained classifier: it has no weights for ['classifier.bias', 'classifier.weight']" in (
-        capsys.readouterr().err
-    )
-
-
 def test_finetune_refuses_unknown_label_column(digits_folder, pretrained_folder, tmp_path, capsys):
     argv = ["--model", str(pretrained_folder), "--dataset", str(digits_folder), "--output-dir", str(tmp_path)]
-    assert script("finetune").main([*argv, "--label-column", "digit"]) == 1
+    assert load_script("finetune").main([*argv, "--label-column", "digit"]) == 1
     assert "label column 'digit' is not in the dataset; its columns are ['image', 'label']" in capsys.readouterr().err
-
-
-def test_fewshot_probe_of_frozen_features(pretrained_folder, digits_folder, tmp_path, capsys):
-    out = tmp_path / "fewshot.json"
-    argv = ["--model", str(pretrained_folder), "--dataset", str(digits_folder), "--eval-fraction", "0.25"]
-    assert script("fewshot").main([*argv, "--shots", "1", "3", "--seeds", "2", "--output", str(out)]) == 0
-    results = json.loads(out.read_text())
-    assert results["seeds"] == [0, 1] and results["num_classes"] == 10 and results["eval_samples"] == 30
-    assert results["feature_size"] == 16  # the pre-logits (representation) output of the pre-trained model
-    assert set(results["accuracy"]) == {"1", "3"}
-    for accuracy in results["accuracy"].values():
-        assert len(accuracy["per_seed"]) == 2 and all(0.0 <= a <= 1.0 for a in accuracy["per_seed"])
-        assert accuracy["mean"] == pytest.approx(np.mean(accuracy["per_seed"]))
-    assert "3-shot" in capsys.readouterr().out
-    assert script("fewshot").main([*argv, "--shots", "10", "--output", str(out)]) == 1
-    assert "Class 'digit0' has 9 training images; 10-shot evaluation needs 10 per class" in capsys.readouterr().err
-
-
-def test_fewshot_features_are_the_pooled_pre_logits(pretrained_folder, digits_folder):
-    """The probe's accuracy recomputed by hand from model.vit(...).pooler_output of the drawn images."""
-    import argparse
-
-    from hf_vit.training.data import decode_image, load_image_data
-    from hf_vit.training.evaluation import ProcessorTransform, load_classifier
-    from hf_vit.training.fewshot import run_fewshot
-
-    args = argparse.Namespace(
-        model=str(pretrained_folder),
-        dataset=str(digits_folder),
-        **dict(dataset_config=None, image_column=None, label_column=None, train_split="train", eval_split=None),
-        **dict(eval_fraction=0.25, streaming=False, image_size=None, num_workers=0, trust_remote_code=False),
-        **dict(batch_size=8, device="cpu", seed=0, output=None, shots=[2], seeds=1, l2_reg=2.0**10),
-    )
-    accuracy = run_fewshot(args)["accuracy"]["2"]["mean"]
-    data = load_image_data(args)
-    model, processor, _ = load_classifier(args.model)
-    transform = ProcessorTransform(processor)
-
-    def features(dataset):
-        images = [decode_image(row["image"]) for row in dataset]
-        with torch.no_grad():
-            return model.vit(torch.stack([transform(i) for i in images])).pooler_output.numpy()
-
-    train_labels = np.asarray(data.train["label"])
-    chosen = draw_shots(train_labels, 10, 2, seed=0).ravel()
-    probe = fit_least_squares(features(data.train.select(chosen)), train_labels[chosen], 10)
-    expected = (probe.predict(features(data.eval)) == np.asarray(data.eval["label"])).mean()
-    assert accuracy == pytest.approx(expected, abs=1e-12)
 
 
 def test_finetuned_folder_runs_in_a_pipeline_without_hf_vit(finetuned, digits_folder, tmp_path):
@@ -438,7 +211,7 @@ def test_training_samples_learn_the_epoch():
 
 def test_gradient_accumulation_makes_the_same_update_as_one_big_batch(digits_folder, pretrained_folder, tmp_path):
     """Two micro-batches of 8 must step like one batch of 16 (the same images, crops seeded per image)."""
-    finetune = script("finetune").main
+    finetune = load_script("finetune").main
     common = ["--model", str(pretrained_folder), "--dataset", str(digits_folder), "--max-steps", "1"]
     common += ["--eval-fraction", "0.25", "--learning-rate", "0.5", "--grad-clip", "0", "--save-every", "100"]
     assert (

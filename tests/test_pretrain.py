@@ -1,18 +1,18 @@
 """scripts/pretrain.py end to end on real images (scikit-learn's digits written as files), fast and tiny."""
 
+import functools
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from conftest import DIGIT_NAMES, run_script
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+pretrain = functools.partial(run_script, "pretrain")
 TINY_MODEL = [
     "--model",
     "ViT-Ti/16",
@@ -27,51 +27,22 @@ TINY_MODEL = [
 ]
 
 
-def digit_images(count_per_class: int = 12, classes: int = 3):
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    for label in range(classes):
-        for index in np.flatnonzero(digits.target == label)[:count_per_class]:
-            pixels = (digits.images[index] * 255 / 16).astype(np.uint8)
-            yield label, index, Image.fromarray(pixels, mode="L").resize((16, 16), Image.NEAREST)
-
-
-@pytest.fixture(scope="module")
-def imagefolder(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("digits")
-    for label, index, image in digit_images():
-        folder = root / f"digit{label}"
-        folder.mkdir(exist_ok=True)
-        image.save(folder / f"{index}.png")
-    return root
-
-
-def run_script(*args: str, launcher: list[str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    command = [*(launcher or [sys.executable]), str(ROOT / "scripts" / "pretrain.py"), *args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stderr[-4000:]
-    return result
-
-
 def results(folder: Path) -> dict:
     return json.loads((folder / "all_results.json").read_text())
 
 
-def test_two_processes_checkpoint_resume_and_auto_load(imagefolder, tmp_path):
+def test_two_processes_checkpoint_resume_and_auto_load(digits_folder, tmp_path):
     out = tmp_path / "run"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu"]
-    common = [*TINY_MODEL, "--dataset", str(imagefolder), "--output-dir", str(out), "--save-every", "2"]
-    run_script(*common, "--max-steps", "4", launcher=launch)
+    common = [*TINY_MODEL, "--dataset", str(digits_folder), "--output-dir", str(out), "--save-every", "2"]
+    pretrain(*common, "--max-steps", "4", launcher=launch)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert not list(out.glob(".tmp-*"))
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["step"] == 4 and state["total_steps"] == 4
     assert results(out)["train_steps"] == 4
 
-    resumed = run_script(*common, "--max-steps", "6", "--resume-from-checkpoint", "latest", launcher=launch)
+    resumed = pretrain(*common, "--max-steps", "6", "--resume-from-checkpoint", "latest", launcher=launch)
     assert "Resumed from" in resumed.stdout + resumed.stderr and "at update 4" in resumed.stdout + resumed.stderr
     summary = results(out)
     assert summary["train_steps"] == 6
@@ -82,21 +53,21 @@ def test_two_processes_checkpoint_resume_and_auto_load(imagefolder, tmp_path):
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).eval()
-    assert model.config.id2label == {0: "digit0", 1: "digit1", 2: "digit2"}
+    assert model.config.id2label == dict(enumerate(DIGIT_NAMES))
     assert model.config.representation_size == 32  # the paper pre-trains with the pre-logits layer
     processor = AutoImageProcessor.from_pretrained(out)
-    image = Image.open(next((imagefolder / "digit1").iterdir()))
-    assert model(**processor(image.convert("RGB"), return_tensors="pt")).logits.shape == (1, 3)
+    image = Image.open(next((digits_folder / "digit1").iterdir()))
+    assert model(**processor(image.convert("RGB"), return_tensors="pt")).logits.shape == (1, 10)
 
 
-def test_resume_continues_the_same_run(imagefolder, tmp_path):
+def test_resume_continues_the_same_run(digits_folder, tmp_path):
     """Resuming from the checkpoint at update 3 of 6 ends with the same weights as the uninterrupted run."""
-    common = [*TINY_MODEL, "--dataset", str(imagefolder), "--save-every", "3", "--max-steps", "6", "--mixup", "0.2"]
+    common = [*TINY_MODEL, "--dataset", str(digits_folder), "--save-every", "3", "--max-steps", "6", "--mixup", "0.2"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run_script(*common, "--output-dir", str(straight))
+    pretrain(*common, "--output-dir", str(straight))
     resumed.mkdir()
     shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
-    run_script(*common, "--output-dir", str(resumed), "--resume-from-checkpoint", "latest")
+    pretrain(*common, "--output-dir", str(resumed), "--resume-from-checkpoint", "latest")
     from safetensors.torch import load_file
 
     left, right = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
@@ -125,12 +96,12 @@ TINY_HYBRID = [
     ],
     ids=["vit", "hybrid"],
 )
-def test_masked_patch_objective_trains(imagefolder, tmp_path, model, architecture):
+def test_masked_patch_objective_trains(digits_folder, tmp_path, model, architecture):
     out = tmp_path / "mpp"
-    run_script(
+    pretrain(
         *model,
         "--dataset",
-        str(imagefolder),
+        str(digits_folder),
         "--output-dir",
         str(out),
         "--objective",
@@ -144,12 +115,16 @@ def test_masked_patch_objective_trains(imagefolder, tmp_path, model, architectur
     assert config["architectures"] == [architecture]
 
 
-def test_streams_parquet_shards(tmp_path):
+def test_streams_parquet_shards(digits_folder, tmp_path):
     from datasets import ClassLabel, Dataset, Features
     from datasets import Image as ImageFeature
 
     features = Features({"image": ImageFeature(), "label": ClassLabel(names=["zero", "one", "two"])})
-    samples = list(digit_images(count_per_class=8))
+    samples = [
+        (label, index, Image.open(path).copy())
+        for label, name in enumerate(DIGIT_NAMES[:3])
+        for index, path in enumerate(sorted((digits_folder / name).iterdir())[:8])
+    ]
     data = tmp_path / "parquet"
     data.mkdir()
     for shard in range(2):
@@ -161,30 +136,28 @@ def test_streams_parquet_shards(tmp_path):
         {"image": [i for _, _, i in test_rows], "label": [lab for lab, _, _ in test_rows]}, features=features
     ).to_parquet(str(data / "test-00000-of-00001.parquet"))
     out = tmp_path / "run"
-    run_script(*TINY_MODEL, "--dataset", str(data), "--streaming", "--max-steps", "3", "--output-dir", str(out))
+    pretrain(*TINY_MODEL, "--dataset", str(data), "--streaming", "--max-steps", "3", "--output-dir", str(out))
     summary = results(out)
     assert summary["train_steps"] == 3 and 0.0 <= summary["eval_accuracy"] <= 1.0
     labels = json.loads((out / "config.json").read_text())["id2label"]
     assert labels == {"0": "zero", "1": "one", "2": "two"}
 
 
-def test_corrupt_image_is_skipped_and_counted(imagefolder, tmp_path):
+def test_corrupt_image_is_skipped_and_counted(digits_folder, tmp_path):
     broken = tmp_path / "broken"
-    subprocess.run(["cp", "-r", str(imagefolder), str(broken)], check=True)
+    subprocess.run(["cp", "-r", str(digits_folder), str(broken)], check=True)
     (broken / "digit0" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     out = tmp_path / "run"
-    run_script(
-        *TINY_MODEL, "--dataset", str(broken), "--eval-fraction", "0.5", "--epochs", "1", "--output-dir", str(out)
-    )
+    pretrain(*TINY_MODEL, "--dataset", str(broken), "--eval-fraction", "0.5", "--epochs", "1", "--output-dir", str(out))
     assert results(out)["skipped_images"] == 1
 
 
-def test_non_finite_loss_stops_with_the_last_good_checkpoint(imagefolder, tmp_path):
+def test_non_finite_loss_stops_with_the_last_good_checkpoint(digits_folder, tmp_path):
     out = tmp_path / "run"
-    result = run_script(
+    result = pretrain(
         *TINY_MODEL,
         "--dataset",
-        str(imagefolder),
+        str(digits_folder),
         "--output-dir",
         str(out),
         "--max-steps",
@@ -208,11 +181,11 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(imagefolder, tmp_pa
         assert all(torch.isfinite(t).all() for t in weights.values()), checkpoint
 
 
-def test_wrong_label_column_names_the_columns(imagefolder, tmp_path):
-    result = run_script(
+def test_wrong_label_column_names_the_columns(digits_folder, tmp_path):
+    result = pretrain(
         *TINY_MODEL,
         "--dataset",
-        str(imagefolder),
+        str(digits_folder),
         "--label-column",
         "nope",
         "--output-dir",
@@ -223,9 +196,9 @@ def test_wrong_label_column_names_the_columns(imagefolder, tmp_path):
     assert "label column 'nope' is not in the dataset; its columns are ['image', 'label']" in result.stderr
 
 
-def test_a_batch_larger_than_the_data_is_an_error(imagefolder, tmp_path):
-    result = run_script(
-        *TINY_MODEL, "--dataset", str(imagefolder), "--per-device-batch-size", "4096", "--output-dir", str(tmp_path),
+def test_a_batch_larger_than_the_data_is_an_error(digits_folder, tmp_path):
+    result = pretrain(
+        *TINY_MODEL, "--dataset", str(digits_folder), "--per-device-batch-size", "4096", "--output-dir", str(tmp_path),
         check=False,
     )  # fmt: skip
     assert result.returncode == 1

@@ -248,6 +248,10 @@ class VisionTransformerPreTrainedModel(PreTrainedModel):
     accepts_loss_kwargs = False
     _can_record_outputs = {"hidden_states": VisionTransformerLayer, "attentions": VisionTransformerAttention}
 
+    def no_weight_decay(self) -> set[str]:
+        """Suffixes of parameter names that weight decay leaves alone (besides biases and norms), as timm declares."""
+        return {"position_embeddings", "cls_token", "mask_token"}
+
     def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
         """Initialise through `_init_weights` even as remote code.
 

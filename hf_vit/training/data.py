@@ -1,13 +1,12 @@
-"""Image-classification data for pre-training and fine-tuning: loading with `datasets`, augmenting with torchvision.
+"""Image-classification data for training and evaluation: loading with `datasets`, decoding, batching.
 
-One set of flags (`add_data_arguments`) and one loader (`load_image_data`) serve every script.
+One loader (`load_image_data`) serves every entry point, from the typed `DataArguments`.
 """
 
-import argparse
 import io
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,52 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-DIGITS = "digits"
+from .arguments import DataArguments
+
 IMAGE_COLUMNS = ("image", "img", "jpg", "png", "webp", "pixel_values")
 LABEL_COLUMNS = ("label", "labels", "cls", "fine_label", "class")
-
-
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """The data and augmentation flags shared by pretrain.py and finetune.py."""
-    group = parser.add_argument_group("data")
-    group.add_argument(
-        "--dataset",
-        default=DIGITS,
-        help="'digits' (scikit-learn's 1,797 handwritten digits, built in), a Hub dataset id, an imagefolder "
-        "directory, or parquet / webdataset (.tar) files (comma-separated or a glob).",
-    )
-    group.add_argument("--dataset-config", default=None, help="Configuration name of a Hub dataset.")
-    group.add_argument("--image-column", default=None, help=f"Default: the first of {IMAGE_COLUMNS} present.")
-    group.add_argument("--label-column", default=None, help=f"Default: the first of {LABEL_COLUMNS} present.")
-    group.add_argument("--train-split", default="train")
-    group.add_argument(
-        "--eval-split",
-        default=None,
-        help="Split to evaluate on; default 'validation' or 'test' if present, else a held-out fraction of the "
-        "training split (--eval-fraction).",
-    )
-    group.add_argument("--eval-fraction", type=float, default=0.1, help="Held out when there is no eval split.")
-    group.add_argument("--image-size", type=int, default=None, help="Training resolution (default: the model's).")
-    group.add_argument("--streaming", action="store_true", help="Stream the data instead of downloading it whole.")
-    group.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes.")
-    aug = parser.add_argument_group("augmentation")
-    aug.add_argument(
-        "--random-crop-scale",
-        type=float,
-        default=None,
-        help="Smallest area fraction of the inception crop (official 0.05); 1.0 turns cropping off. "
-        "Default 0.05, or 0.6 for the built-in 8x8 digits.",
-    )
-    aug.add_argument(
-        "--hflip",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Random horizontal flips (default on; off for digits).",
-    )
-    aug.add_argument("--randaugment", default=None, metavar="N,M", help="RandAugment with N ops of magnitude M.")
-    aug.add_argument(
-        "--mixup", type=float, default=0.0, metavar="ALPHA", help="Mixup with Beta(ALPHA, ALPHA); 0 is off."
-    )
 
 
 @dataclass
@@ -74,7 +31,6 @@ class ImageData:
     label_names: list[str]
     streaming: bool = False
     eval_split: str = "held-out"
-    skipped: dict[str, int] = field(default_factory=lambda: {"train": 0, "eval": 0})
 
 
 def digits_dataset():
@@ -97,14 +53,23 @@ def _files(spec: str) -> list[str]:
     return paths
 
 
-def _load_raw(args: argparse.Namespace):
+# Datasets that ship with the package's dependencies: name -> (builder, how a model card names it).
+BUILT_IN = {"digits": (digits_dataset, "scikit-learn's digits")}
+
+
+def dataset_title(name: str) -> str:
+    """How a model card names the dataset `name`."""
+    return BUILT_IN[name][1] if name in BUILT_IN else name
+
+
+def _load_raw(args: DataArguments):
     """The DatasetDict (or IterableDatasetDict) named by --dataset."""
     from datasets import DatasetDict, load_dataset
 
-    if args.dataset == DIGITS:
+    if args.dataset in BUILT_IN:
         if args.streaming:
-            raise ValueError("--streaming needs a Hub dataset or files; the built-in digits are in memory.")
-        return DatasetDict({"train": digits_dataset()})
+            raise ValueError(f"--streaming needs a Hub dataset or files; the built-in {args.dataset} are in memory.")
+        return DatasetDict({"train": BUILT_IN[args.dataset][0]()})
     if os.path.isdir(args.dataset):  # datasets picks imagefolder, parquet or webdataset from the files inside
         return load_dataset(args.dataset, streaming=args.streaming)
     files = _files(args.dataset)
@@ -133,7 +98,7 @@ def _pick(columns: Iterable[str], wanted: str | None, candidates: tuple[str, ...
     raise ValueError(f"No {what} column found among {columns}; pass --{what}-column.")
 
 
-def _columns(dataset, args: argparse.Namespace) -> tuple[str, str, list[str]]:
+def _columns(dataset, args: DataArguments) -> tuple[str, str, list[str]]:
     """The image and label columns of `dataset` and the class names, checking the labels are classes."""
     columns = dataset.column_names or list(dataset.features or {})
     image_column = _pick(columns, args.image_column, IMAGE_COLUMNS, "image")
@@ -157,7 +122,7 @@ def _undecoded(dataset, image_column: str, streaming: bool):
     return dataset.cast_column(image_column, ImageFeature(decode=False))
 
 
-def load_split(args: argparse.Namespace, split: str) -> ImageData:
+def load_split(args: DataArguments, split: str) -> ImageData:
     """One whole split of --dataset (as `eval`, with no training split), for evaluating a trained model."""
     raw = _load_raw(args)
     if split not in raw:
@@ -168,7 +133,7 @@ def load_split(args: argparse.Namespace, split: str) -> ImageData:
     return ImageData(None, evaluation, image_column, label_column, names, args.streaming, eval_split=split)
 
 
-def load_image_data(args: argparse.Namespace, seed: int = 0) -> ImageData:
+def load_image_data(args: DataArguments) -> ImageData:
     """Load --dataset, choose the image/label columns and the eval split, and check the labels are classes."""
     raw = _load_raw(args)
     if args.train_split not in raw:
@@ -189,7 +154,7 @@ def load_image_data(args: argparse.Namespace, seed: int = 0) -> ImageData:
     elif args.streaming:
         raise ValueError("A streamed dataset needs an --eval-split: a fraction cannot be held out of a stream.")
     else:
-        parts = train.train_test_split(test_size=args.eval_fraction, seed=seed, stratify_by_column=label_column)
+        parts = train.train_test_split(test_size=args.eval_fraction, seed=args.seed, stratify_by_column=label_column)
         train, evaluation = parts["train"], parts["test"]
     train = _undecoded(train, image_column, args.streaming)
     evaluation = _undecoded(evaluation, image_column, args.streaming)
@@ -214,45 +179,6 @@ def decode_image(value: Any) -> Image.Image | None:
         return image.convert("RGB")
     except Exception:  # noqa: BLE001 - any decoding failure means: skip this sample
         return None
-
-
-def is_digits(args: argparse.Namespace) -> bool:
-    return args.dataset == DIGITS
-
-
-def build_transforms(args: argparse.Namespace, image_size: tuple[int, int], train: bool) -> Callable:
-    """The official pipeline: inception crop + flip for training, plain resize for eval; pixels scaled to [-1, 1].
-
-    The built-in 8x8 digits get gentler defaults (crop area >= 60%, no flips: a flipped digit is another digit).
-    """
-    from torchvision.transforms import v2
-
-    normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)]
-    resize = v2.Resize(image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
-    if not train:
-        return v2.Compose([resize, *normalize])
-    crop_scale = args.random_crop_scale
-    if crop_scale is None:
-        crop_scale = 0.6 if is_digits(args) else 0.05
-    hflip = args.hflip if args.hflip is not None else not is_digits(args)
-    steps: list = []
-    if crop_scale < 1.0:
-        steps.append(
-            v2.RandomResizedCrop(
-                image_size, scale=(crop_scale, 1.0), interpolation=v2.InterpolationMode.BICUBIC, antialias=True
-            )
-        )
-    else:
-        steps.append(resize)
-    if hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    if args.randaugment:
-        try:
-            num_ops, magnitude = (int(v) for v in args.randaugment.split(","))
-        except ValueError as error:
-            raise ValueError(f"--randaugment takes N,M (two integers), got {args.randaugment!r}.") from error
-        steps.append(v2.RandAugment(num_ops=num_ops, magnitude=magnitude))
-    return v2.Compose([*steps, *normalize])
 
 
 class ImageSamples(torch.utils.data.Dataset):

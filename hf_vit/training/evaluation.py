@@ -4,67 +4,32 @@ Works for hf_vit models and for other transformers image classifiers (converted 
 the model's own saved image processor, so they are evaluated the way they will be used.
 """
 
-import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..loading import load_image_processor, load_model
 from ..models.configuration import to_pair
-from ..models.processing import create_image_processor
+from .arguments import EvaluationArguments
+from .augmentation import ProcessorTransform
 from .data import Collate, ImageData, ImageSamples, StreamedImages, load_image_data, load_split
-from .metrics import load_metric
-
-TOP_K = 5
+from .metrics import TOP_K, classification_metrics
 
 
-def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of evaluate.py and fewshot.py: the model and how to run it (the data flags come from data.py)."""
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", required=True, help="A saved folder or Hub repo of an image classifier.")
-    group.add_argument(
-        "--trust-remote-code", action="store_true", help="Allow a Hub repo's own modeling code (not needed for hf_vit)."
-    )
-    group.add_argument("--batch-size", type=int, default=64)
-    group.add_argument("--device", default="auto", help="'auto' (CUDA when there is one), 'cpu', 'cuda:1', ...")
-    group.add_argument("--seed", type=int, default=0, help="Seed of the held-out split, as in finetune.py.")
-    group.add_argument("--output", default=None, metavar="FILE.json", help="Also write the results here.")
+def load_classifier(name: str, trust_remote_code: bool = False):
+    """An image classifier in eval mode, its image processor and the weights it lacked (e.g. no trained head)."""
+    model, info = load_model(name, trust_remote_code=trust_remote_code, output_loading_info=True)
+    processor = load_image_processor(name, model.config, trust_remote_code)
+    return model.eval(), processor, list(info["missing_keys"])
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def check_model_name(name: str) -> None:
-    """A clear error for a missing local folder, before transformers takes the path for a Hub repo id."""
-    looks_local = name.startswith((".", os.sep, "~")) or name.count("/") > 1
-    if looks_local and not os.path.isdir(os.path.expanduser(name)):
-        raise ValueError(f"--model {name!r}: no such folder.")
-
-
-def load_classifier(name: str, trust_remote_code: bool = False):
-    """An image classifier, its image processor and the weights it lacked (e.g. no trained head)."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-    check_model_name(name)
-    try:
-        model, info = AutoModelForImageClassification.from_pretrained(
-            name, trust_remote_code=trust_remote_code, output_loading_info=True
-        )
-    except OSError as error:
-        raise ValueError(f"--model {name!r}: not a saved model folder or a reachable Hub repo ({error}).") from error
-    try:
-        processor = AutoImageProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except OSError:
-        if not hasattr(model.config, "grid_size"):
-            raise ValueError(f"--model {name!r} has no image processor (preprocessor_config.json).") from None
-        processor = create_image_processor(model.config)  # hf_vit models: the paper's preprocessing
-    return model.eval(), processor, list(info["missing_keys"])
 
 
 def set_resolution(processor, image_size: int | None, model_config) -> bool:
@@ -77,16 +42,6 @@ def set_resolution(processor, image_size: int | None, model_config) -> bool:
         raise ValueError(f"--image-size needs a processor that resizes to height x width; this one has size={size}.")
     processor.size = {"height": image_size, "width": image_size}
     return to_pair(image_size) != to_pair(model_config.image_size)
-
-
-class ProcessorTransform:
-    """A PIL image to the model's pixel tensor through a transformers image processor."""
-
-    def __init__(self, processor):
-        self.processor = processor
-
-    def __call__(self, image) -> torch.Tensor:
-        return self.processor(image, return_tensors="pt")["pixel_values"][0]
 
 
 def make_loader(dataset, transform, data: ImageData, batch_size: int, num_workers: int = 0):
@@ -151,15 +106,6 @@ def ranked_predictions(model, loader, device: torch.device, k: int, interpolate:
     return torch.cat(ranked).numpy(), torch.cat(labels).numpy(), skipped[0]
 
 
-def classification_metrics(ranked: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
-    """Top-1 accuracy, and top-5 accuracy when there are more than 5 classes, through the shipped metric modules."""
-    metrics = {"accuracy": load_metric("accuracy").compute(predictions=ranked[:, 0], references=labels)["accuracy"]}
-    if num_classes > TOP_K:
-        top_k = load_metric("top_k_accuracy").compute(predictions=ranked[:, :TOP_K], references=labels, k=TOP_K)
-        metrics[f"top{TOP_K}_accuracy"] = top_k["top_k_accuracy"]
-    return metrics
-
-
 def pooled(model, pixels: torch.Tensor, **kwargs) -> torch.Tensor:
     """The image feature the head reads: hf_vit's pooled (pre-logits) output, or the class token of other ViTs."""
     outputs = model.base_model(pixel_values=pixels, **kwargs)
@@ -183,14 +129,15 @@ def extract_features(model, loader, device: torch.device, interpolate: bool) -> 
     return torch.cat(features).numpy(), torch.cat(labels).numpy(), skipped[0]
 
 
-def evaluate_classifier(args: argparse.Namespace) -> dict[str, Any]:
-    """Top-1 (and top-5) accuracy of --model on --split, or on the held-out split that finetune.py evaluates on."""
+def evaluate_classifier(args: EvaluationArguments | None = None, /, **fields: Any) -> dict[str, Any]:
+    """Top-1 (and top-5) accuracy of `args.model` on `args.eval_split`, or on the held-out split finetune.py uses."""
+    args = args or EvaluationArguments(**fields)
     model, processor, missing = load_classifier(args.model, args.trust_remote_code)
     if missing:
         raise ValueError(
             f"--model {args.model!r} is not a trained classifier: it has no weights for {sorted(missing)[:4]}."
         )
-    data = load_split(args, args.split) if args.split else load_image_data(args, seed=args.seed)
+    data = load_split(args, args.eval_split) if args.eval_split else load_image_data(args)
     mapping = label_mapping(model.config.id2label, data.label_names)
     interpolate = set_resolution(processor, args.image_size, model.config)
     loader = make_loader(data.eval, ProcessorTransform(processor), data, args.batch_size, args.num_workers)

@@ -6,7 +6,6 @@ targets is solved exactly. Accuracy is measured on the whole eval split. The dra
 a seed include its 1-shot ones, so only (seeds x classes x max shots) training images need features.
 """
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,15 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from .arguments import FewshotArguments
+from .augmentation import ProcessorTransform
 from .data import load_image_data
-from .evaluation import (
-    ProcessorTransform,
-    extract_features,
-    load_classifier,
-    make_loader,
-    resolve_device,
-    set_resolution,
-)
+from .evaluation import extract_features, load_classifier, make_loader, resolve_device, set_resolution
 
 L2_REG = 2.0**10
 BIAS_FEATURE = 100.0  # large, so that its weight (the bias) is barely regularised
@@ -90,18 +84,10 @@ def draw_shots(
     return np.stack(draws)
 
 
-def add_fewshot_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("few-shot")
-    group.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10, 25], help="Images per class.")
-    group.add_argument("--seeds", type=int, default=3, help="Draws of the training images per shot count.")
-    group.add_argument("--l2-reg", type=float, default=L2_REG, help="Ridge penalty (the paper's 2^10).")
-
-
-def run_fewshot(args: argparse.Namespace) -> dict[str, Any]:
-    """Few-shot accuracy of --model's frozen features on --dataset, per shot count and seed."""
-    if args.seeds < 1 or min(args.shots) < 1:
-        raise ValueError(f"--shots and --seeds must be positive; got {args.shots} and {args.seeds}.")
-    data = load_image_data(args, seed=args.seed)
+def run_fewshot(args: FewshotArguments | None = None, /, **fields: Any) -> dict[str, Any]:
+    """Few-shot accuracy of `args.model`'s frozen features on `args.dataset`, per shot count and seed."""
+    args = args or FewshotArguments(**fields)
+    data = load_image_data(args)
     if data.streaming:
         raise ValueError("Few-shot evaluation draws images per class, which a stream cannot do: drop --streaming.")
     model, processor, _ = load_classifier(args.model, args.trust_remote_code)  # only the frozen features are used

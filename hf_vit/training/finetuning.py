@@ -1,12 +1,11 @@
-"""Fine-tuning with the Hugging Face Trainer: the paper's downstream recipe on a pre-trained ViT.
+"""`finetune`: the paper's downstream recipe (or another named recipe) on a pre-trained ViT, with transformers' Trainer.
 
-SGD with momentum 0.9, a linear warm-up then cosine decay, no weight decay, gradient clipping at global norm 1 and
-batch 512 (reached by gradient accumulation). The pre-trained head and representation (pre-logits) layer are
-dropped, a zero-initialised head for the new classes takes their place, and the position embeddings are resized
-to the fine-tuning resolution.
+The pre-trained head and representation (pre-logits) layer are dropped, a zero-initialised head for the new classes
+takes their place, and the position embeddings are resized to the fine-tuning resolution. The paper's recipe: SGD
+with momentum 0.9, a linear warm-up then cosine decay, no weight decay, gradient clipping at global norm 1 and
+batch 512 (reached by gradient accumulation).
 """
 
-import argparse
 import copy
 import math
 import os
@@ -17,19 +16,17 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import PreTrainedModel, TrainerCallback, TrainingArguments
 
+from ..loading import load_model
 from ..models.configuration import POS_EMBED_INTERPOLATIONS, to_pair
 from ..models.processing import create_image_processor
-from ..tools.hub import push_model
 from ..tools.model_card import hub_id, render_model_card, weight_changes
 from ..transfer import replace_head, resize_to
-from .cli import add_run_arguments
-from .data import Collate, ImageSamples, StreamedImages, build_transforms, is_digits, load_image_data
-from .evaluation import TOP_K, ProcessorTransform, check_model_name, classification_metrics
-
-PAPER_BATCH_SIZE = 512
-PAPER_WARMUP_STEPS = 500
-PAPER_STEPS = 10_000  # CIFAR; ImageNet 20k, Pets and Flowers 500, VTAB 2.5k
-DIGITS_STEPS = 100
+from .arguments import FinetuningArguments
+from .augmentation import build_transforms
+from .data import Collate, ImageSamples, StreamedImages, dataset_title, load_image_data
+from .evaluation import TOP_K, ProcessorTransform, classification_metrics
+from .optimization import warmup_length
+from .run import default_interval, prepare_output_dir
 
 
 def prepare_for_finetuning(
@@ -70,56 +67,9 @@ def prepare_for_finetuning(
     return new_model.train(model.training)
 
 
-def add_finetuning_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model, optimisation and Trainer flags of finetune.py (the data flags come from data.py)."""
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model", default="outputs/pretrain", help="A pre-trained hf_vit folder or Hub repo (default: pretrain.py's)."
-    )
-    model.add_argument(
-        "--pos-embed-interpolation",
-        choices=POS_EMBED_INTERPOLATIONS,
-        default=None,
-        help="How position embeddings are resized to --image-size (default: the model's, 'official').",
-    )
-    model.add_argument("--trust-remote-code", action="store_true", help="Allow a Hub repo's own modeling code.")
-    opt = parser.add_argument_group("optimisation (defaults: the paper's fine-tuning recipe)")
-    opt.add_argument(
-        "--learning-rate", type=float, default=0.03, help="Peak SGD rate; the paper sweeps 0.001, 0.003, 0.01, 0.03."
-    )
-    opt.add_argument("--momentum", type=float, default=0.9)
-    opt.add_argument("--weight-decay", type=float, default=0.0)
-    opt.add_argument(
-        "--max-steps", type=int, default=None, help=f"Updates; default {PAPER_STEPS:,} ({DIGITS_STEPS} for digits)."
-    )
-    opt.add_argument(
-        "--warmup-steps", type=int, default=None, help=f"Default {PAPER_WARMUP_STEPS}, at most 5%% of the run."
-    )
-    opt.add_argument("--lr-schedule", choices=("cosine", "linear"), default="cosine")
-    opt.add_argument("--grad-clip", type=float, default=1.0, help="Global gradient norm clip; 0 turns it off.")
-    opt.add_argument("--per-device-batch-size", type=int, default=64)
-    opt.add_argument(
-        "--gradient-accumulation-steps",
-        type=int,
-        default=None,
-        help="Default: enough to reach --total-batch-size over all devices.",
-    )
-    opt.add_argument("--total-batch-size", type=int, default=PAPER_BATCH_SIZE)
-    trainer = parser.add_argument_group("Trainer")
-    trainer.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision.")
-    trainer.add_argument("--torch-compile", action="store_true", help="Compile the model with torch.compile.")
-    trainer.add_argument("--gradient-checkpointing", action="store_true", help="Recompute activations in backward.")
-    add_run_arguments(parser, output_dir="outputs/finetune")
-
-
 def default_accumulation(total_batch_size: int, per_device: int, world_size: int) -> int:
     """Micro-batches per update so that an update sees at least `total_batch_size` images."""
     return max(1, math.ceil(total_batch_size / (per_device * world_size)))
-
-
-def default_warmup(max_steps: int) -> int:
-    """The paper's 500 warm-up steps, shortened to 5% for short runs."""
-    return min(PAPER_WARMUP_STEPS, max_steps // 20)
 
 
 class TrainerCollate(Collate):
@@ -161,27 +111,16 @@ class ComputeMetrics:
         return classification_metrics(prediction.predictions, prediction.label_ids, self.num_labels)
 
 
-def load_pretrained(name: str, trust_remote_code: bool = False):
-    from transformers import AutoModelForImageClassification
-
-    check_model_name(name)
-    try:
-        return AutoModelForImageClassification.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except OSError as error:
-        raise ValueError(
-            f"--model {name!r}: not a saved model folder or a reachable Hub repo ({error}). Pre-train one with "
-            "scripts/pretrain.py, or convert official weights."
-        ) from error
-
-
-def training_arguments(args: argparse.Namespace, max_steps: int) -> TrainingArguments:
+def training_arguments(args: FinetuningArguments) -> TrainingArguments:
+    """transformers' TrainingArguments for this run: the recipe's optimiser, schedule, batch and intervals."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = args.gradient_accumulation_steps or default_accumulation(
         args.total_batch_size, args.per_device_batch_size, world_size
     )
+    interval = default_interval(args.max_steps)
     return TrainingArguments(
         output_dir=args.output_dir,
-        max_steps=max_steps,
+        max_steps=args.max_steps,
         per_device_train_batch_size=args.per_device_batch_size,
         per_device_eval_batch_size=args.per_device_batch_size,
         gradient_accumulation_steps=accumulation,
@@ -190,16 +129,16 @@ def training_arguments(args: argparse.Namespace, max_steps: int) -> TrainingArgu
         optim_args=f"momentum={args.momentum}",
         weight_decay=args.weight_decay,
         lr_scheduler_type=args.lr_schedule,
-        warmup_steps=args.warmup_steps if args.warmup_steps is not None else default_warmup(max_steps),
-        max_grad_norm=max(args.grad_clip, 0.0),
+        warmup_steps=warmup_length(args.max_steps, args.warmup_steps, args.warmup_ratio),
+        max_grad_norm=args.grad_clip,
         bf16=args.bf16,
         torch_compile=args.torch_compile,
         activation_checkpointing=args.gradient_checkpointing,
         logging_steps=args.logging_every,
-        eval_strategy="steps" if args.eval_every else "no",
-        eval_steps=args.eval_every,
+        eval_strategy="steps",
+        eval_steps=args.eval_every or interval,
         save_strategy="steps",
-        save_steps=args.save_every,
+        save_steps=args.save_every or interval,
         save_total_limit=args.save_total_limit,
         seed=args.seed,
         report_to=args.report_to,
@@ -210,20 +149,23 @@ def training_arguments(args: argparse.Namespace, max_steps: int) -> TrainingArgu
     )
 
 
-def finetune(args: argparse.Namespace) -> dict[str, float]:
-    """Fine-tune --model on --dataset; save the model, processor, card and all_results.json in --output-dir.
+def finetune(args: FinetuningArguments | None = None, /, **fields: Any) -> dict[str, Any]:
+    """Fine-tune a pre-trained model; returns the final metrics (also in `all_results.json` of the output folder).
 
-    With --push-to-hub the saved folder is then pushed with `hf_vit.hub.push_model`, which raises `HubError` when
-    the Hub refuses it or cannot be reached (the folder is complete by then).
+    Takes `FinetuningArguments`, or its fields as keywords (`finetune(model="outputs/pretrain", image_size=48)`);
+    unset fields come from the recipe. The output folder gets the model with its code, processor and card.
+    Publishing is a separate step (`hf_vit.tools.hub.push_model` on the output folder).
     """
     from transformers import Trainer, set_seed
 
+    args = args or FinetuningArguments(**fields)
     if args.mixup:
         raise ValueError("--mixup is a pre-training option; the paper fine-tunes without it.")
+    prepare_output_dir(args)
     set_seed(args.seed)
-    data = load_image_data(args, seed=args.seed)
+    data = load_image_data(args)
     names = data.label_names
-    pretrained = load_pretrained(args.model, args.trust_remote_code)
+    pretrained = load_model(args.model, trust_remote_code=args.trust_remote_code)
     model = prepare_for_finetuning(
         pretrained,
         num_labels=len(names),
@@ -242,10 +184,9 @@ def finetune(args: argparse.Namespace) -> dict[str, float]:
     else:
         train = ImageSamples(data.train, train_transform, *columns, seed=args.seed)
         evaluation = ImageSamples(data.eval, ProcessorTransform(processor), *columns)
-    max_steps = args.max_steps or (DIGITS_STEPS if is_digits(args) else PAPER_STEPS)
     trainer = Trainer(
         model=model,
-        args=training_arguments(args, max_steps),
+        args=training_arguments(args),
         train_dataset=train,
         eval_dataset=evaluation,
         data_collator=TrainerCollate(fixed_size=True),
@@ -270,13 +211,11 @@ def finetune(args: argparse.Namespace) -> dict[str, float]:
     if trainer.is_world_process_zero():
         card = finetuning_card(args, trainer.args, model, results, data.eval_split, changes)
         card.save(Path(args.output_dir) / "README.md")
-        if args.push_to_hub:
-            push_model(args.output_dir, args.push_to_hub)
     return results
 
 
 def finetuning_card(
-    args: argparse.Namespace,
+    args: FinetuningArguments,
     training: TrainingArguments,
     model: PreTrainedModel,
     results: dict[str, float],
@@ -285,8 +224,8 @@ def finetuning_card(
 ) -> ModelCard:
     """The fine-tuned model's card: from what and on what, at what resolution, for how long, and how well."""
     height, width = to_pair(model.config.image_size)
-    dataset = "scikit-learn's digits" if is_digits(args) else args.dataset
-    dataset_id = None if is_digits(args) else hub_id(args.dataset)
+    dataset = dataset_title(args.dataset)
+    dataset_id = hub_id(args.dataset) if dataset == args.dataset else None
     if args.dataset_config:
         dataset += f" ({args.dataset_config})"
     clipping = f"gradient clipping at global norm {args.grad_clip:g}" if args.grad_clip > 0 else "no gradient clipping"

@@ -1,185 +1,69 @@
-"""Pre-training with Accelerate: the paper's upstream recipe, on one CPU, many GPUs or TPUs, with the same code.
+"""`pretrain`: the paper's upstream recipe (or another named recipe) from a preset or a saved folder, with Accelerate.
 
-Adam(0.9, 0.999) with decoupled weight decay 0.1, linear warm-up and linear (or cosine) decay, gradient clipping
-at global norm 1, the representation layer on. The training step has no host syncs and fixed shapes, so XLA
-compiles it once; the loss is checked for non-finite values only where the host looks anyway (logging,
-evaluation, checkpoints).
+Builds the data, model, optimiser and schedule from `PretrainingArguments`, runs `PretrainingLoop`, and writes the
+model, its image processor, a model card and `all_results.json` into the output folder.
 """
 
-import argparse
-import ast
 import json
-import math
 import os
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from huggingface_hub import ModelCard
-from torch.nn import functional as F
 
-from ..models.configuration import HybridVisionTransformerConfig, to_pair
-from ..models.modeling import VisionTransformerForMaskedPatchPrediction, mean_colour_classes
-from ..models.modeling_hybrid import HybridVisionTransformerForMaskedPatchPrediction
-from ..models.presets import create_config, resolve_preset
+from ..loading import load_model, model_source, parse_overrides
+from ..models.configuration import to_pair
 from ..models.processing import create_image_processor
-from ..tools.hub import push_model
 from ..tools.model_card import hub_id, render_model_card
-from .cli import add_run_arguments
-from .data import Collate, ImageData, ImageSamples, StreamedImages, build_transforms, is_digits, load_image_data
-
-PAPER_RUN_STEPS = 300_000  # ~90 epochs of ImageNet-21k at batch 4096, over which the paper warms up 10k steps
-PAPER_WARMUP_STEPS = 10_000
-STATE_FILE = "trainer_state.json"
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stops and no checkpoint is written after it."""
+from .arguments import PretrainingArguments
+from .augmentation import batch_mixing, build_transforms
+from .checkpoints import write_folder_atomically
+from .data import Collate, ImageData, ImageSamples, StreamedImages, dataset_title, load_image_data
+from .loop import PretrainingLoop
+from .optimization import build_optimizer, build_scheduler, warmup_length
+from .run import prepare_output_dir
 
 
-def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model, optimisation and run flags of pretrain.py."""
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", default="ViT-Ti/16", help="A preset (see hf_vit.list_presets()) or a saved folder.")
-    model.add_argument("--config-overrides", default="", help='Config fields as "k=v,...", e.g. "num_hidden_layers=6".')
-    model.add_argument("--objective", choices=("classification", "masked-patch"), default="classification")
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--per-device-batch-size", type=int, default=64)
-    opt.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    opt.add_argument("--learning-rate", type=float, default=1e-3)
-    opt.add_argument("--weight-decay", type=float, default=0.1, help="Decoupled (AdamW) weight decay.")
-    opt.add_argument("--adam-beta1", type=float, default=0.9)
-    opt.add_argument("--adam-beta2", type=float, default=0.999)
-    opt.add_argument("--warmup-steps", type=int, default=None, help="Default: the paper's 10k of 300k, scaled.")
-    opt.add_argument("--lr-schedule", choices=("linear", "cosine"), default="linear")
-    opt.add_argument("--max-steps", type=int, default=None, help="Optimizer updates; overrides --epochs.")
-    opt.add_argument("--epochs", type=float, default=None, help="Default 30 for the built-in digits, else 90.")
-    opt.add_argument("--grad-clip", type=float, default=1.0, help="Global gradient norm clip; 0 turns it off.")
-    add_run_arguments(parser, output_dir="outputs/pretrain")
-
-
-def parse_overrides(text: str) -> dict[str, Any]:
-    """Parse "k=v,k2=v2" with Python literals (never eval): numbers, booleans, None, tuples, strings."""
-    overrides: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in _split_top_level(text))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--config-overrides item {item!r} is not key=value.")
-        try:
-            overrides[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            overrides[key.strip()] = value.strip()
-    return overrides
-
-
-def _split_top_level(text: str) -> list[str]:
-    """Split on commas outside brackets, so "resnet_layers=(3,4,9),hidden_size=64" has two items."""
-    parts, depth, current = [], 0, ""
-    for char in text:
-        depth += char in "([{"
-        depth -= char in ")]}"
-        if char == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    return [*parts, current]
-
-
-def build_model(args: argparse.Namespace, data: ImageData):
-    """A preset or a saved folder/repo, sized to the data (classes, resolution), for the chosen objective."""
-    from transformers import AutoConfig, AutoModelForImageClassification
-
+def build_model(args: PretrainingArguments, labels: list[str]):
+    """A preset (with the representation layer if the recipe says so) or a saved folder, for the objective."""
     overrides = parse_overrides(args.config_overrides)
     if args.image_size:
         overrides["image_size"] = args.image_size
-    names = data.label_names
-    labels = {
-        "num_labels": len(names),
-        "id2label": dict(enumerate(names)),
-        "label2id": {n: i for i, n in enumerate(names)},
-    }
-    if is_preset(args.model):
-        overrides.setdefault("image_size", 32 if is_digits(args) else 224)
-        config = create_config(args.model, **overrides, **labels)
-        if "representation_size" not in overrides:  # the paper pre-trains with the pre-logits layer
-            config.representation_size = config.hidden_size
-        if args.objective == "masked-patch":
-            return masked_patch_class(config)(config)
-        return AutoModelForImageClassification.from_config(config)
-    config = AutoConfig.from_pretrained(args.model, **overrides, **labels)
-    if args.objective == "masked-patch":
-        return masked_patch_class(config).from_pretrained(args.model, config=config)
-    return AutoModelForImageClassification.from_pretrained(args.model, config=config, ignore_mismatched_sizes=True)
+    preset = model_source(args.model) == "preset"
+    if preset and args.representation_layer and "representation_size" not in overrides:
+        from ..models.presets import create_config
+
+        overrides["representation_size"] = overrides.get("hidden_size", create_config(args.model).hidden_size)
+    task = "masked-patch" if args.objective == "masked-patch" else "image-classification"
+    return load_model(args.model, task, config_overrides=overrides, labels=labels)
 
 
-def masked_patch_class(config) -> type:
-    """The masked-patch-prediction model for a ViT or hybrid config."""
-    if isinstance(config, HybridVisionTransformerConfig):
-        return HybridVisionTransformerForMaskedPatchPrediction
-    return VisionTransformerForMaskedPatchPrediction
+def data_loader(dataset, data: ImageData, transform, batch_size: int, train: bool, args: PretrainingArguments):
+    """Decoded, augmented batches; training batches keep a fixed size (XLA compiles the step once)."""
+    columns = (data.image_column, data.label_column)
+    if data.streaming:
+        if train:
+            dataset = dataset.shuffle(seed=args.seed, buffer_size=1000)
+        samples = StreamedImages(dataset, transform, *columns)
+    else:
+        samples = ImageSamples(dataset, transform, *columns, seed=args.seed)
+    return torch.utils.data.DataLoader(
+        samples,
+        batch_size=batch_size,
+        shuffle=train and not data.streaming,
+        drop_last=train,
+        collate_fn=Collate(fixed_size=train),
+        num_workers=args.num_workers,
+    )
 
 
-def is_preset(name: str) -> bool:
-    try:
-        resolve_preset(name)
-    except ValueError:
-        return False
-    return True
-
-
-def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices and kernels only, not biases, norms, tokens or position embeddings (as is usual for ViT)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        skip = param.ndim < 2 or "position_embeddings" in name or name.endswith("_token")
-        (no_decay if skip else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def learning_rate_at(step: int, base: float, warmup: int, total: int, schedule: str) -> float:
-    """Linear warm-up to `base`, then linear or cosine decay to zero at `total`."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if schedule == "cosine":
-        return base * 0.5 * (1 + math.cos(math.pi * progress))
-    return base * (1 - progress)
-
-
-def default_warmup(total_steps: int) -> int:
-    """The paper's 10k warm-up steps of a ~300k-step run, scaled to this run's length."""
-    return max(1, min(PAPER_WARMUP_STEPS, round(total_steps * PAPER_WARMUP_STEPS / PAPER_RUN_STEPS)))
-
-
-def mixup(pixels: torch.Tensor, labels: torch.Tensor, alpha: float, num_classes: int) -> tuple[torch.Tensor, ...]:
-    """Blend each image with the batch reversed; soft targets blend the same way (one Beta draw on the host)."""
-    lam = float(np.random.beta(alpha, alpha))
-    targets = F.one_hot(labels, num_classes).float()
-    return lam * pixels + (1 - lam) * pixels.flip(0), lam * targets + (1 - lam) * targets.flip(0)
-
-
-def _checkpoints(output_dir: Path) -> list[Path]:
-    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
-
-
-def resolve_checkpoint(value: str, output_dir: Path) -> Path:
-    """`latest` is the newest complete checkpoint in the output dir; anything else is a path."""
-    if value == "latest":
-        found = _checkpoints(output_dir)
-        if not found:
-            raise FileNotFoundError(f"--resume-from-checkpoint latest: no checkpoint-* folder in {output_dir}.")
-        return found[-1]
-    path = Path(value)
-    if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"--resume-from-checkpoint {value}: not a checkpoint folder (no {STATE_FILE}).")
-    return path
+def total_updates(args: PretrainingArguments, data: ImageData, train_loader) -> int:
+    if args.max_steps:
+        return args.max_steps
+    if data.streaming:
+        raise ValueError("A streamed dataset has no length: pass --max-steps.")
+    updates_per_epoch = max(1, len(train_loader) // args.gradient_accumulation_steps)
+    return max(1, round(args.epochs * updates_per_epoch))
 
 
 def load_models_on_host(models: list[torch.nn.Module], input_dir: str) -> None:
@@ -193,329 +77,93 @@ def load_models_on_host(models: list[torch.nn.Module], input_dir: str) -> None:
     models.clear()
 
 
-class Trainer:
-    """The loop: one object so that checkpoints, evaluation and resume share the run's state."""
+def pretrain(args: PretrainingArguments | None = None, /, **fields: Any) -> dict[str, Any]:
+    """Pre-train a ViT or hybrid; returns the final metrics (also in `all_results.json` of the output folder).
 
-    def __init__(self, args: argparse.Namespace):
-        from accelerate import Accelerator, DistributedType
-        from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    Takes `PretrainingArguments`, or its fields as keywords (`pretrain(model="ViT-S/16", dataset=..., max_steps=...)`);
+    unset fields come from the recipe. Run it under `accelerate launch` for several devices. Publishing is a separate
+    step (`hf_vit.tools.hub.push_model` on the output folder).
+    """
+    from accelerate import Accelerator, DistributedType
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
-        self.args = args
-        self.output_dir = Path(args.output_dir)
-        self.accelerator = Accelerator(
-            gradient_accumulation_steps=args.gradient_accumulation_steps,
-            log_with=None if args.report_to == "none" else args.report_to,
-            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir)),
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        )
-        set_seed(args.seed)
-        self.data = load_image_data(args, seed=args.seed)
-        self.model = build_model(args, self.data)
-        self.image_size = to_pair(self.model.config.image_size)
-        self.train_loader = self._loader(self.data.train, train=True)
-        self.eval_loader = self._loader(self.data.eval, train=False)
-        optimizer = torch.optim.AdamW(
-            decay_groups(self.model, args.weight_decay),
-            lr=args.learning_rate,
-            betas=(args.adam_beta1, args.adam_beta2),
-        )
-        self.model, self.optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
-            self.model, optimizer, self.train_loader, self.eval_loader
-        )
-        if self.accelerator.distributed_type == DistributedType.XLA:
-            # Accelerate's XLA loader wrapper lacks the `dataset` that save_state/load_state read (accelerate 1.15):
-            # checkpoint the DataLoaderShard inside it, which holds the same seeded sampler.
-            self.accelerator._dataloaders = [getattr(dl, "dataloader", dl) for dl in self.accelerator._dataloaders]
-            self.accelerator.register_load_state_pre_hook(load_models_on_host)
-        self.total_steps = self._total_steps()
-        self.warmup = args.warmup_steps if args.warmup_steps is not None else default_warmup(self.total_steps)
-        self.step = 0
-        self.epoch = 0
-        self.batches_done = 0  # micro-batches of the current epoch already consumed
-        self.skipped = 0
-        self.train_loss = 0.0
-        self.samples = 0
+    args = args or PretrainingArguments(**fields)
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir)),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    prepare_output_dir(args)
+    set_seed(args.seed)
+    data = load_image_data(args)
+    model = build_model(args, data.label_names)
+    image_size = to_pair(model.config.image_size)
+    train_loader = data_loader(
+        data.train, data, build_transforms(args, image_size, True), args.per_device_batch_size, True, args
+    )
+    eval_loader = data_loader(
+        data.eval, data, build_transforms(args, image_size, False), args.per_device_batch_size, False, args
+    )
+    optimizer = build_optimizer(model, args.learning_rate, args.weight_decay, (args.adam_beta1, args.adam_beta2))
+    total = total_updates(args, data, train_loader)
+    warmup = warmup_length(total, args.warmup_steps, args.warmup_ratio)
+    scheduler = build_scheduler(optimizer, args.lr_schedule, warmup, total)
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    accelerator.register_for_checkpointing(scheduler)
+    if accelerator.distributed_type == DistributedType.XLA:
+        # Accelerate's XLA loader wrapper lacks the `dataset` that save_state/load_state read (accelerate 1.15):
+        # checkpoint the DataLoaderShard inside it, which holds the same seeded sampler.
+        accelerator._dataloaders = [getattr(dl, "dataloader", dl) for dl in accelerator._dataloaders]
+        accelerator.register_load_state_pre_hook(load_models_on_host)
+    mixing = None if args.objective == "masked-patch" else batch_mixing(args, len(data.label_names))
+    loop = PretrainingLoop(
+        args, accelerator, model, optimizer, scheduler, train_loader, eval_loader, len(data.label_names), total, mixing
+    )
+    results = loop.run()
+    save_final(accelerator, model, args, results, data)
+    accelerator.end_training()
+    return results
 
-    def _loader(self, dataset, train: bool) -> torch.utils.data.DataLoader:
-        transform = build_transforms(self.args, self.image_size, train)
-        columns = (self.data.image_column, self.data.label_column)
-        if self.data.streaming:
-            if train:
-                dataset = dataset.shuffle(seed=self.args.seed, buffer_size=1000)
-            samples = StreamedImages(dataset, transform, *columns)
-        else:
-            samples = ImageSamples(dataset, transform, *columns, seed=self.args.seed)
-        return torch.utils.data.DataLoader(
-            samples,
-            batch_size=self.args.per_device_batch_size,
-            shuffle=train and not self.data.streaming,
-            drop_last=train,
-            collate_fn=Collate(fixed_size=train),
-            num_workers=self.args.num_workers,
-        )
 
-    def _total_steps(self) -> int:
-        if self.args.max_steps:
-            return self.args.max_steps
-        if self.data.streaming:
-            raise ValueError("A streamed dataset has no length: pass --max-steps.")
-        epochs = self.args.epochs or (30 if is_digits(self.args) else 90)
-        updates_per_epoch = max(1, len(self.train_loader) // self.args.gradient_accumulation_steps)
-        return max(1, round(epochs * updates_per_epoch))
-
-    # -- the step ---------------------------------------------------------------------------------------------------
-
-    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        pixels, labels = batch["pixel_values"], batch["labels"]
-        if self.args.objective == "masked-patch":
-            return self.model(pixel_values=pixels).loss
-        if self.args.mixup > 0:
-            pixels, targets = mixup(pixels, labels, self.args.mixup, len(self.data.label_names))
-            return F.cross_entropy(self.model(pixel_values=pixels).logits.float(), targets)
-        return F.cross_entropy(self.model(pixel_values=pixels).logits.float(), labels)
-
-    def print(self, message: str) -> None:
-        """Print once per run: accelerate's own `print` asks for the local main process, which XLA on the CPU
-        reports as local index -1, so it would stay silent there."""
-        if self.accelerator.is_main_process:
-            print(message, flush=True)
-
-    def train(self) -> dict[str, float]:
-        from tqdm.auto import tqdm
-
-        accelerator, args = self.accelerator, self.args
-        if args.resume_from_checkpoint:
-            self.load_checkpoint(resolve_checkpoint(args.resume_from_checkpoint, self.output_dir))
-        accelerator.init_trackers("hf_vit_pretrain", config={k: str(v) for k, v in vars(args).items()})
-        device = accelerator.device
-        self.print(
-            f"Training on {device} ({accelerator.distributed_type.value}, {accelerator.num_processes} processes)."
-        )
-        running = torch.zeros((), device=device)
-        finite = torch.ones((), dtype=torch.bool, device=device)
-        running_count = 0
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not accelerator.is_main_process, desc="train")
-        start, start_step = time.perf_counter(), self.step
-        self.model.train()
-        while self.step < self.total_steps:
-            self.train_loader.set_epoch(self.epoch)
-            loader = self.train_loader
-            if self.batches_done:
-                loader = accelerator.skip_first_batches(self.train_loader, self.batches_done)
-            seen = 0
-            for batch in loader:
-                seen += 1
-                self.batches_done += 1
-                self.skipped += batch.pop("skipped")
-                if batch["pixel_values"].numel() == 0:  # not one readable image in the batch
-                    continue
-                with accelerator.accumulate(self.model):
-                    loss = self._loss(batch)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        if args.grad_clip > 0:
-                            accelerator.clip_grad_norm_(self.model.parameters(), args.grad_clip)
-                        lr = learning_rate_at(
-                            self.step, args.learning_rate, self.warmup, self.total_steps, args.lr_schedule
-                        )
-                        for group in self.optimizer.param_groups:
-                            group["lr"] = lr
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                finite &= torch.isfinite(loss.detach())
-                running += loss.detach()
-                running_count += 1
-                self.samples += batch["pixel_values"].shape[0] * accelerator.num_processes
-                if accelerator.sync_gradients:
-                    self.step += 1
-                    bar.update(1)
-                    if self._after_update(running, running_count, finite, bar):
-                        running.zero_()
-                        running_count = 0
-                    if self.step >= self.total_steps:
-                        break
-            else:
-                if not seen and not self.batches_done:
-                    raise ValueError(
-                        "the training data gave no full batch: it has fewer images than --per-device-batch-size "
-                        f"({args.per_device_batch_size}) × {accelerator.num_processes} processes; lower the batch size."
-                    )
-                self.epoch += 1
-                self.batches_done = 0
-        bar.close()
-        elapsed = time.perf_counter() - start
-        metrics = self.evaluate()
-        results = {
-            **metrics,
-            "train_loss": self.train_loss,
-            "train_steps": self.step,
-            "train_samples_per_second": self.samples / elapsed if self.step > start_step else 0.0,
-            "train_runtime_seconds": elapsed,
-            "skipped_images": self._total(self.skipped + self.eval_skipped),
-        }
-        self.save_final(results)
-        accelerator.end_training()
-        return results
-
-    def _after_update(self, running: torch.Tensor, count: int, finite: torch.Tensor, bar) -> bool:
-        """Log, evaluate and checkpoint on their schedules (the only host syncs); True when the loss was logged."""
-        accelerator, args = self.accelerator, self.args
-        at_end = self.step >= self.total_steps
-        logged = self.step % args.logging_every == 0 or at_end
-        if logged:
-            self._check_finite(finite)
-            self.train_loss = accelerator.reduce(running, "mean").item() / count
-            lr = self.optimizer.param_groups[0]["lr"]
-            bar.set_postfix(loss=f"{self.train_loss:.4f}", lr=f"{lr:.2e}")
-            accelerator.log({"train_loss": self.train_loss, "learning_rate": lr}, step=self.step)
-            self._log_line({"step": self.step, "train_loss": self.train_loss, "learning_rate": lr})
-        if args.eval_every and self.step % args.eval_every == 0 and not at_end:
-            self._check_finite(finite)
-            metrics = self.evaluate()
-            accelerator.log(metrics, step=self.step)
-            self._log_line({"step": self.step, **metrics})
-        if self.step % args.save_every == 0 or at_end:
-            self._check_finite(finite)
-            self.save_checkpoint()
-        return logged
-
-    def _check_finite(self, finite: torch.Tensor) -> None:
-        if not bool(self.accelerator.reduce(finite.float(), "min").item()):
-            last = _checkpoints(self.output_dir)
-            where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written"
-            raise NonFiniteLossError(
-                f"The training loss became NaN or infinite by update {self.step}; stopping ({where}). "
-                "Lower --learning-rate, raise --warmup-steps or check the data."
-            )
-
-    def _total(self, count: int) -> int:
-        """Sum a per-process host count over all processes."""
-        return int(self.accelerator.reduce(torch.tensor(count, device=self.accelerator.device), "sum").item())
-
-    def _log_line(self, record: dict[str, Any]) -> None:
-        if self.accelerator.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.output_dir / "log.jsonl", "a") as log:
-                log.write(json.dumps(record) + "\n")
-
-    # -- evaluation -------------------------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Loss and top-1 accuracy on the eval split (for masked-patch: accuracy of the predicted colours)."""
-        accelerator = self.accelerator
-        self.model.eval()
-        total_loss = torch.zeros((), device=accelerator.device)
-        correct = torch.zeros((), device=accelerator.device)
-        count = torch.zeros((), device=accelerator.device)
-        self.eval_skipped = 0
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(self.args.seed)  # the same corruption every evaluation for masked-patch
-        for batch in self.eval_loader:
-            self.eval_skipped += batch.pop("skipped")
-            if batch["pixel_values"].numel() == 0:
-                continue
-            pixels, labels = batch["pixel_values"], batch["labels"]
-            if self.args.objective == "masked-patch":
-                model = accelerator.unwrap_model(self.model)
-                batch_size, tokens = pixels.shape[0], model.vit.embeddings.position_embeddings.shape[1]
-                tokens -= model.vit.embeddings.num_prefix_tokens
-                predicted, masked, sources = model.corrupt(batch_size, tokens, pixels.device)
-                out = self.model(
-                    pixel_values=pixels, predicted_pos=predicted, bool_masked_pos=masked, source_patches=sources
-                )
-                targets = mean_colour_classes(pixels, model.config.token_stride)
-                hits = (out.logits.argmax(-1) == targets) & predicted
-                weight = predicted.sum()
-                total_loss += out.loss * weight
-                correct += hits.sum()
-                count += weight
-            else:
-                logits = self.model(pixel_values=pixels).logits.float()
-                logits, labels = accelerator.gather_for_metrics((logits, labels))
-                total_loss += F.cross_entropy(logits, labels, reduction="sum")
-                correct += (logits.argmax(-1) == labels).sum()
-                count += labels.numel()
-        torch.random.set_rng_state(generator_state)
-        if self.args.objective == "masked-patch":
-            total_loss, correct, count = (accelerator.reduce(t, "sum") for t in (total_loss, correct, count))
-        self.model.train()
-        count_value = max(1.0, count.item())
-        return {"eval_loss": total_loss.item() / count_value, "eval_accuracy": correct.item() / count_value}
-
-    # -- checkpoints ------------------------------------------------------------------------------------------------
-
-    def save_checkpoint(self) -> Path:
-        """`accelerator.save_state` into a temporary folder, renamed into place once complete; keep the newest few."""
-        accelerator = self.accelerator
-        final = self.output_dir / f"checkpoint-{self.step}"
-        staging = self.output_dir / f".tmp-checkpoint-{self.step}"
-        if accelerator.is_main_process:
-            shutil.rmtree(staging, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(staging))
-        if accelerator.is_main_process:
-            state = {
-                "step": self.step,
-                "epoch": self.epoch,
-                "batches_done": self.batches_done,
-                "samples": self.samples,
-                "skipped": self.skipped,
-                "total_steps": self.total_steps,
-                "warmup": self.warmup,
-            }
-            (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(staging, final)
-            for old in _checkpoints(self.output_dir)[: -self.args.save_total_limit]:
-                shutil.rmtree(old)
-        accelerator.wait_for_everyone()
-        return final
-
-    def load_checkpoint(self, path: Path) -> None:
-        """Restore weights, optimizer, RNG and the data position; the schedule follows from the step."""
-        self.accelerator.load_state(str(path))
-        state = json.loads((path / STATE_FILE).read_text())
-        self.step, self.epoch, self.batches_done = state["step"], state["epoch"], state["batches_done"]
-        self.samples, self.skipped = state["samples"], state["skipped"]
-        self.print(f"Resumed from {path} at update {self.step} (epoch {self.epoch}).")
-
-    def save_final(self, results: dict[str, float]) -> None:
-        """The model, its image processor, a model card and all_results.json in the output dir."""
-        accelerator = self.accelerator
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            return
-        model = accelerator.unwrap_model(self.model)
+def save_final(accelerator, model, args: PretrainingArguments, results: dict[str, Any], data: ImageData) -> None:
+    """The model, its image processor, a model card and all_results.json, moved into the output folder at once."""
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)  # gathers sharded (FSDP) weights; on every process
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(model)
         # Host copies: safetensors cannot read tensors that live on an XLA device.
-        state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-        model.save_pretrained(self.output_dir, state_dict=state_dict)
-        processor = create_image_processor(model.config)
-        processor.save_pretrained(self.output_dir)
-        (self.output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
-        self._card(model, results).save(self.output_dir / "README.md")
-        if self.args.push_to_hub:
-            push_model(self.output_dir, self.args.push_to_hub)
+        state_dict = {name: tensor.detach().cpu() for name, tensor in state_dict.items()}
 
-    def _card(self, model, results: dict[str, float]) -> ModelCard:
-        """What was trained on what, for how long, and how well it did on the held-out data."""
-        args = self.args
-        dataset = "scikit-learn's digits" if is_digits(args) else args.dataset
-        objective = "image classification" if args.objective == "classification" else "masked patch prediction"
-        height, width = to_pair(model.config.image_size)
-        source = (
-            f"Pre-trained from scratch with hf_vit's `scripts/pretrain.py` on {dataset} ({objective}): {self.step} "
-            f"updates of {args.per_device_batch_size * args.gradient_accumulation_steps} images per device at "
-            f"{height}×{width} px, peak learning rate {args.learning_rate:g}, weight decay {args.weight_decay:g}. "
-            f"Held-out loss {results['eval_loss']:.4f}."
-        )
-        on_hub = not is_digits(args) and hub_id(args.dataset)
-        return render_model_card(
-            model,
-            source=source,
-            model_id=args.push_to_hub or str(self.output_dir),
-            datasets=[args.dataset] if on_hub else None,
-            results={"accuracy": results["eval_accuracy"]} if args.objective == "classification" else None,
-            results_dataset=dataset,
-            results_split=args.eval_split or "held-out",
-        )
+        def write(folder: Path) -> None:
+            model.save_pretrained(folder, state_dict=state_dict)
+            create_image_processor(model.config).save_pretrained(folder)
+            (folder / "all_results.json").write_text(json.dumps(results, indent=2))
+            pretraining_card(model, args, results, data).save(folder / "README.md")
+
+        write_folder_atomically(Path(args.output_dir), write)
+    accelerator.wait_for_everyone()
+
+
+def pretraining_card(model, args: PretrainingArguments, results: dict[str, Any], data: ImageData):
+    """What was trained on what, for how long, and how well it did on the held-out data."""
+    title = dataset_title(args.dataset)
+    objective = "image classification" if args.objective == "classification" else "masked patch prediction"
+    height, width = to_pair(model.config.image_size)
+    batch = args.per_device_batch_size * args.gradient_accumulation_steps * results["world_size"]
+    source = (
+        f"Pre-trained from scratch with hf_vit's `scripts/pretrain.py` (recipe `{args.recipe}`) on {title} "
+        f"({objective}): {results['train_steps']} updates of {batch} images at {height}×{width} px, peak learning "
+        f"rate {args.learning_rate:g}, weight decay {args.weight_decay:g}. Held-out loss {results['eval_loss']:.4f}."
+    )
+    dataset_id = hub_id(args.dataset) if title == args.dataset else None
+    return render_model_card(
+        model,
+        source=source,
+        model_id=args.push_to_hub or args.output_dir,
+        datasets=[dataset_id] if dataset_id else None,
+        results={"accuracy": results["eval_accuracy"]} if args.objective == "classification" else None,
+        results_dataset=dataset_id or title,
+        results_split=data.eval_split,
+    )

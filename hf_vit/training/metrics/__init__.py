@@ -3,7 +3,10 @@
 from functools import cache
 from pathlib import Path
 
+import numpy as np
+
 METRICS_DIR = Path(__file__).resolve().parent
+TOP_K = 5
 
 
 def metric_path(name: str) -> str:
@@ -21,3 +24,12 @@ def load_metric(name: str):
     import evaluate
 
     return evaluate.load(metric_path(name), keep_in_memory=True)
+
+
+def classification_metrics(ranked: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Top-1 accuracy, and top-5 accuracy when there are more than 5 classes, through the shipped metric modules."""
+    metrics = {"accuracy": load_metric("accuracy").compute(predictions=ranked[:, 0], references=labels)["accuracy"]}
+    if num_classes > TOP_K:
+        top_k = load_metric("top_k_accuracy").compute(predictions=ranked[:, :TOP_K], references=labels, k=TOP_K)
+        metrics[f"top{TOP_K}_accuracy"] = top_k["top_k_accuracy"]
+    return metrics

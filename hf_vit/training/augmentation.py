@@ -1,0 +1,62 @@
+"""Augmentation with torchvision's v2 transforms: per image (crop, flip, RandAugment) and per batch (mixup)."""
+
+from collections.abc import Callable
+
+import torch
+
+from .arguments import AugmentationArguments
+
+
+def parse_randaugment(value: str) -> tuple[int, int]:
+    try:
+        num_ops, magnitude = (int(v) for v in value.split(","))
+    except ValueError as error:
+        raise ValueError(f"--randaugment takes N,M (two integers), got {value!r}.") from error
+    if num_ops < 1 or not 0 <= magnitude <= 30:
+        raise ValueError(f"--randaugment N,M needs N >= 1 and M in [0, 30], got {value!r}.")
+    return num_ops, magnitude
+
+
+def build_transforms(augmentation: AugmentationArguments, image_size: tuple[int, int], train: bool) -> Callable:
+    """The official pipeline: inception crop + flip for training, plain resize for eval; pixels scaled to [-1, 1]."""
+    from torchvision.transforms import v2
+
+    bicubic = v2.InterpolationMode.BICUBIC
+    normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)]
+    resize = v2.Resize(image_size, interpolation=bicubic, antialias=True)
+    if not train:
+        return v2.Compose([resize, *normalize])
+    scale = augmentation.random_crop_scale
+    steps: list = [
+        v2.RandomResizedCrop(image_size, scale=(scale, 1.0), interpolation=bicubic, antialias=True)
+        if scale < 1.0
+        else resize
+    ]
+    if augmentation.hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if augmentation.randaugment:
+        num_ops, magnitude = parse_randaugment(augmentation.randaugment)
+        steps.append(v2.RandAugment(num_ops=num_ops, magnitude=magnitude))
+    return v2.Compose([*steps, *normalize])
+
+
+def batch_mixing(augmentation: AugmentationArguments, num_classes: int) -> Callable | None:
+    """Mixup over a batch (torchvision's `MixUp`: each image blended with its neighbour, labels alike), or None.
+
+    It returns (pixels, soft targets); it draws from the global torch RNG, which the loop seeds per update.
+    """
+    if not augmentation.mixup:
+        return None
+    from torchvision.transforms import v2
+
+    return v2.MixUp(alpha=augmentation.mixup, num_classes=num_classes)
+
+
+class ProcessorTransform:
+    """A PIL image to the model's pixel tensor through a transformers image processor."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, image) -> torch.Tensor:
+        return self.processor(image, return_tensors="pt")["pixel_values"][0]
