@@ -126,8 +126,10 @@ def load_script(name: str):
 def run_script(
     name: str, *args: str, launcher: list[str] | None = None, check: bool = True, timeout: int = 600, **env: str
 ) -> subprocess.CompletedProcess:
-    """Run scripts/<name>.py in a new process (offline, one thread per process unless `env` says otherwise)."""
-    command = [*(launcher or [sys.executable]), str(ROOT / "scripts" / f"{name}.py"), *args]
+    """Run scripts/<name>.py (or the file `name`) in a new process, offline, one thread per process unless `env`
+    says otherwise."""
+    script = name if name.endswith(".py") else str(ROOT / "scripts" / f"{name}.py")
+    command = [*(launcher or [sys.executable]), script, *args]
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **env}
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=timeout)
     if check:

@@ -171,6 +171,11 @@ class PretrainingArguments(RunArguments, AugmentationArguments, DataArguments, R
     max_steps: int | None = arg(None, "Optimizer updates; overrides --epochs.")
     epochs: float | None = recipe_arg("Passes over the training data.")
     grad_clip: float | None = recipe_arg("Global gradient-norm clip; 0 turns it off.")
+    fsdp: bool = arg(
+        False,
+        "Shard weights, gradients and optimiser state over the processes (FSDP2 through Accelerate; GPUs only), "
+        "for ViT-H/14, R50+ViT-L/32 and larger.",
+    )
     output_dir: str = arg("outputs/pretrain", "Where the model, checkpoints, logs and results go.")
 
 

@@ -26,7 +26,7 @@ from .augmentation import build_transforms
 from .data import Collate, ImageSamples, StreamedImages, dataset_title, load_image_data
 from .evaluation import TOP_K, ProcessorTransform, classification_metrics
 from .optimization import warmup_length
-from .run import default_interval, prepare_output_dir
+from .run import cpu_only_processes, default_interval, prepare_output_dir
 
 
 def prepare_for_finetuning(
@@ -120,6 +120,7 @@ def training_arguments(args: FinetuningArguments) -> TrainingArguments:
     interval = default_interval(args.max_steps)
     return TrainingArguments(
         output_dir=args.output_dir,
+        use_cpu=cpu_only_processes(),
         max_steps=args.max_steps,
         per_device_train_batch_size=args.per_device_batch_size,
         per_device_eval_batch_size=args.per_device_batch_size,
@@ -198,6 +199,7 @@ def finetune(args: FinetuningArguments | None = None, /, **fields: Any) -> dict[
     resume = args.resume_from_checkpoint
     trained = trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
     trained.metrics["train_steps"] = trainer.state.global_step
+    trained.metrics["world_size"] = trainer.args.world_size
     trained.metrics["total_train_batch_size"] = (
         trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size
     )

@@ -80,7 +80,9 @@ class PretrainingLoop:
             self._start_log()
         accelerator.init_trackers("hf_vit_pretrain", config={k: str(v) for k, v in vars(args).items()})
         device = accelerator.device
-        self.print(f"Training on {device}: {accelerator.num_processes} process(es) ({accelerator.distributed_type}).")
+        count = accelerator.num_processes
+        how = f"{count} processes ({accelerator.distributed_type.value})" if count > 1 else "1 process"
+        self.print(f"Training on {device.type} with {how}.")
         running = torch.zeros((), device=device)
         finite = torch.ones((), dtype=torch.bool, device=device)
         running_count = 0
@@ -185,13 +187,15 @@ class PretrainingLoop:
         )
 
     def _check_finite(self, finite: torch.Tensor) -> None:
-        ok = bool(self.accelerator.reduce(finite.float(), "min").item())
-        bad = [] if not ok else non_finite_parameters(self.accelerator.unwrap_model(self.model))
-        if ok and not bad:
+        """Stop when the loss or the weights (this process's shard of them) went non-finite on any process."""
+        bad = non_finite_parameters(self.accelerator.unwrap_model(self.model))
+        flags = torch.stack([finite.float(), torch.tensor(float(not bad), device=finite.device)])
+        loss_ok, weights_ok = (bool(flag) for flag in self.accelerator.reduce(flags, "min").tolist())
+        if loss_ok and weights_ok:
             return
         last = checkpoints(self.output_dir)
         where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written"
-        what = "training loss" if not ok else f"weights ({len(bad)} tensors, e.g. {bad[0]})"
+        what = "training loss" if not loss_ok else "weights" + (f" ({len(bad)} tensors, e.g. {bad[0]})" if bad else "")
         raise NonFiniteLossError(
             f"The {what} became NaN or infinite by update {self.step}; stopping ({where}). "
             "Lower --learning-rate, raise --warmup-steps or check the data."
@@ -224,7 +228,7 @@ class PretrainingLoop:
         accelerator = self.accelerator
         model = accelerator.unwrap_model(self.model)
         self.model.eval()
-        totals = torch.zeros(3, dtype=torch.float64)
+        totals = torch.zeros(4, dtype=torch.float64)
         self.eval_skipped = 0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.args.seed)
@@ -233,11 +237,12 @@ class PretrainingLoop:
                 if batch["pixel_values"].numel() == 0:
                     continue
                 per_sample = self._eval_batch(model, batch["pixel_values"], batch["labels"])
+                per_sample = torch.cat([per_sample, torch.ones_like(per_sample[:, :1])], dim=1)
                 totals += accelerator.gather_for_metrics(per_sample).double().sum(0).cpu()
         self.model.train()
-        loss, correct, count = totals.tolist()
+        loss, correct, count, images = totals.tolist()
         count = max(count, 1.0)
-        return {"eval_loss": loss / count, "eval_accuracy": correct / count}
+        return {"eval_loss": loss / count, "eval_accuracy": correct / count, "eval_samples": int(images)}
 
     def _eval_batch(self, model, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(batch, 3): each image's summed loss, correct predictions and predictions made."""

@@ -21,7 +21,7 @@ from .checkpoints import write_folder_atomically
 from .data import Collate, ImageData, ImageSamples, StreamedImages, dataset_title, load_image_data
 from .loop import PretrainingLoop
 from .optimization import build_optimizer, build_scheduler, warmup_length
-from .run import prepare_output_dir
+from .run import check_world_size, cpu_only_processes, prepare_output_dir
 
 
 def build_model(args: PretrainingArguments, labels: list[str]):
@@ -66,6 +66,44 @@ def total_updates(args: PretrainingArguments, data: ImageData, train_loader) -> 
     return max(1, round(args.epochs * updates_per_epoch))
 
 
+def build_accelerator(args: PretrainingArguments):
+    """The run's Accelerator: several processes without GPUs train together on the CPU; the world size checked."""
+    from accelerate import Accelerator, DistributedType
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+
+    output_dir = str(args.output_dir)
+    accelerator = Accelerator(
+        cpu=cpu_only_processes(),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=output_dir, logging_dir=output_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        fsdp_plugin=fsdp_plugin() if args.fsdp else None,
+    )
+    check_world_size(accelerator.num_processes)
+    if args.fsdp and accelerator.distributed_type != DistributedType.FSDP:
+        raise ValueError(
+            f"--fsdp needs several processes on GPUs: Accelerate shards only there, and this run is "
+            f"{accelerator.distributed_type.value} with {accelerator.num_processes} process(es)."
+        )
+    return accelerator
+
+
+def fsdp_plugin():
+    """FSDP2 over Accelerate: each encoder block (and the embeddings) sharded as one unit, sharded checkpoints."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from ..models.modeling import VisionTransformerPreTrainedModel
+
+    return FullyShardedDataParallelPlugin(
+        fsdp_version=2,
+        auto_wrap_policy="transformer_based_wrap",
+        transformer_cls_names_to_wrap=list(VisionTransformerPreTrainedModel._no_split_modules),
+        state_dict_type="SHARDED_STATE_DICT",
+        reshard_after_forward=True,
+    )
+
+
 def load_models_on_host(models: list[torch.nn.Module], input_dir: str) -> None:
     """Load checkpointed weights for accelerate's `load_state` on XLA, where safetensors cannot write into device
     tensors: read each file on the host, copy it in, and take the model off the list accelerate still loads."""
@@ -84,17 +122,11 @@ def pretrain(args: PretrainingArguments | None = None, /, **fields: Any) -> dict
     unset fields come from the recipe. Run it under `accelerate launch` for several devices. Publishing is a separate
     step (`hf_vit.tools.hub.push_model` on the output folder).
     """
-    from accelerate import Accelerator, DistributedType
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from accelerate import DistributedType
+    from accelerate.utils import set_seed
 
     args = args or PretrainingArguments(**fields)
-    output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir)),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
+    accelerator = build_accelerator(args)
     prepare_output_dir(args)
     set_seed(args.seed)
     data = load_image_data(args)
