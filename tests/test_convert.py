@@ -415,6 +415,60 @@ def test_transformers_pooler_is_the_representation_layer(tmp_path):
 # --- bad input --------------------------------------------------------------------------------------------------
 
 
+def sharded_transformers_folder(folder: Path) -> tuple[torch.nn.Module, list[str]]:
+    """A transformers ViT saved in several shards with an index, as large checkpoints are; returns the shard names."""
+    model = transformers_vit()
+    model.save_pretrained(folder, max_shard_size="40KB")
+    shards = sorted(set(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"].values()))
+    assert len(shards) > 1
+    return model, shards
+
+
+def test_shard_names_that_leave_the_folder_are_refused(tmp_path):
+    """A weight index naming `../x`, an absolute path or a link out is refused before any of its shards is read."""
+    source = tmp_path / "source"
+    _, shards = sharded_transformers_folder(source)
+    index_file = source / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    first = shards[0]
+    (tmp_path / "outside.safetensors").write_bytes((source / first).read_bytes())  # real weights: read, they convert
+    (source / "link.safetensors").symlink_to(tmp_path / "outside.safetensors")
+    cases = [
+        ("../outside.safetensors", r"shard '\.\./outside\.safetensors' leads outside .*source"),
+        ("/etc/passwd", r"shard '/etc/passwd' leads outside .*source"),
+        ("link.safetensors", r"shard 'link\.safetensors' is a link to .*outside\.safetensors, outside .*source"),
+    ]
+    for shard, message in cases:
+        weight_map = {key: shard if name == first else name for key, name in index["weight_map"].items()}
+        index_file.write_text(json.dumps({**index, "weight_map": weight_map}))
+        with pytest.raises(ConversionError, match=message + "; conversion reads only files inside the checkpoint"):
+            convert_checkpoint("transformers", source, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+    (source / "config.json").rename(tmp_path / "config.json")
+    (source / "config.json").symlink_to(tmp_path / "config.json")
+    with pytest.raises(ConversionError, match=r"'config\.json' is a link to .*, outside .*source"):
+        convert_checkpoint("transformers", source, tmp_path / "out")
+
+
+def test_a_snapshot_in_the_hugging_face_cache_links_into_its_blobs_and_converts(tmp_path):
+    """The cache stores files once under blobs/ and links to them from snapshots/<commit>/: those links stay inside."""
+    saved = tmp_path / "saved"
+    model, _ = sharded_transformers_folder(saved)
+    repo = tmp_path / "hf-cache" / "models--org--vit-sharded"
+    snapshot = repo / "snapshots" / "0123abc"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for file in saved.iterdir():
+        file.rename(repo / "blobs" / file.name)
+        (snapshot / file.name).symlink_to(Path("..", "..", "blobs", file.name))
+    convert_checkpoint("transformers", snapshot, tmp_path / "out")
+    x = images(32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x).permute(0, 3, 1, 2).float()).logits.double().numpy()
+    np.testing.assert_allclose(torch_logits(load_converted(tmp_path / "out"), x), expected, atol=TOLERANCE, rtol=0)
+
+
 def test_not_a_checkpoint(tmp_path):
     (tmp_path / "notes.npz").write_text("not a checkpoint")
     (tmp_path / "notes.pth").write_text("not a checkpoint")
