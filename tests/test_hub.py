@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import TINY, randomize_head, run_without_hf_vit
 from huggingface_hub import HfApi
+from markdown_it import MarkdownIt
 from PIL import Image
 from transformers import AutoModelForImageClassification
 
@@ -252,6 +253,59 @@ def test_model_card_describes_the_preset_and_its_results():
     assert "Custom ViT (" in encoder_card.text and "AutoModel.from_pretrained" in encoder_card.text
     with pytest.raises(ValueError, match="results need the dataset they were measured on"):
         render_model_card(config, source="x", results={"accuracy": 0.5})
+
+
+def table_rows(markdown: str) -> list[list[str]]:
+    """The cells of every table row as a Markdown renderer (markdown-it, with GitHub's tables) reads them."""
+    rows, cell_open = [], False
+    for token in MarkdownIt("commonmark").enable("table").parse(markdown):
+        if token.type == "tr_open":
+            rows.append([])
+        cell_open = token.type in ("td_open", "th_open") or (cell_open and token.type == "inline")
+        if token.type == "inline" and cell_open:
+            rows[-1].append("".join(child.content for child in token.children if child.type in ("text", "softbreak")))
+    return rows
+
+
+def test_card_escapes_label_and_split_names():
+    """Names from a dataset are literal text in one table cell each: no broken row, no HTML, no image or link."""
+    image = "![x](http://example.com/pixel.png)"
+    labels = ["a|b", "two\nlines", "<script>alert(1)</script>", image, "back\\"]
+    config = hf_vit.VisionTransformerConfig(**TINY)
+    config.id2label = dict(enumerate(labels))
+    card = render_model_card(
+        config, source="x", results={"accuracy": 0.5}, results_dataset="org/x", results_split="|a\nb"
+    )
+    rows = table_rows(card.text)
+    assert len(rows) == 10 + 2, "the architecture table (header and 9 rows) and the results table (header and 1 row)"
+    assert all(len(row) == 2 for row in rows[:10]) and all(len(row) == 4 for row in rows[10:])
+    assert rows[9] == [
+        "Labels",
+        "a|b, two lines, <script>alert(1)</script>, ![x](http://example.com/pixel.png), back\\",
+    ]
+    assert rows[11] == ["org/x", "|a b", "accuracy", "0.5"]
+    rendered = MarkdownIt("commonmark").enable("table").render(card.text)
+    assert "<script" not in rendered and "<img" not in rendered and "&lt;script&gt;" in rendered
+
+
+def test_card_publishes_no_local_dataset_path(tmp_path, monkeypatch):
+    """A dataset given as a local path is "local dataset" in the text and the model-index, and not in `datasets`."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shapes").mkdir()  # a folder that reads like a Hub id: what the scripts loaded, so it is local
+    config = hf_vit.VisionTransformerConfig(**TINY)
+    for local in ["/home/me/data", "~/data", "shapes", str(tmp_path / "shapes"), "../data"]:
+        card = render_model_card(config, source="x", datasets=[local, "org/shapes"], results={"accuracy": 0.5})
+        data = card.data.to_dict()
+        assert data["datasets"] == ["org/shapes"]
+        assert data["model-index"][0]["results"][0]["dataset"] == {
+            "name": "local dataset",
+            "type": "local dataset",
+            "split": "validation",
+        }
+        assert local not in str(card).replace("org/shapes", ""), local
+        assert "Data: local dataset, org/shapes." in card.text and "| local dataset | validation |" in card.text
+    card = render_model_card(config, source="x", results={"accuracy": 0.5}, results_dataset="scikit-learn's digits")
+    assert card.data.eval_results[0].dataset_name == "scikit-learn's digits", "plain names are not paths"
 
 
 def test_card_templates_ship_inside_the_package():
