@@ -188,6 +188,79 @@ def test_cli_pushes_a_folder_to_a_branch_and_fails_in_one_line(hub, saved_folder
     assert digests(saved_folder) == before, "pushing must not change the local folder"
 
 
+def received(hub, repo_id: str, revision: str = "main") -> dict[str, bytes]:
+    """The files of `repo_id` at `revision` as the test Hub stored them."""
+    repo = hub.hub.repos[("model", repo_id)]
+    return {path: hub.hub.read(entry) for path, entry in repo.commits[repo.branches[revision]].files.items()}
+
+
+def test_a_push_uploads_only_the_model_files_and_refuses_links_out_and_hidden_files(hub, saved_folder, tmp_path):
+    """Links to a token and to /etc/passwd, a hidden credentials file, logs and helper code in the folder stay local;
+    extra files go up only when named, and a named or needed file that is hidden, a pickle or a link out is refused
+    before anything is sent."""
+    token = tmp_path / "home" / ".cache" / "huggingface" / "token"
+    token.parent.mkdir(parents=True)
+    token.write_text("hf_SECRETtoken")
+    (saved_folder / "token.json").symlink_to(token)
+    (saved_folder / "passwd.py").symlink_to("/etc/passwd")
+    (saved_folder / ".credentials.json").write_text('{"key": "SECRETkey"}')
+    (saved_folder / "all_results.json").write_text('{"eval_accuracy": 0.5}')
+    (saved_folder / "helpers.py").write_text("LOCAL = True\n")
+    push_model(saved_folder, "org/tiny")
+    files = received(hub, "org/tiny")
+    code = ["configuration.py", "modeling.py", "pos_embed.py"]  # pos_embed.py: imported by modeling.py
+    model = ["README.md", "config.json", *code, "model.safetensors"]
+    assert sorted(files) == sorted([".gitattributes", "preprocessor_config.json", *model])
+    for name in model:
+        assert files[name] == (saved_folder / name).read_bytes(), name
+
+    push_model(saved_folder, "org/tiny", include=["all_results.json"])
+    assert received(hub, "org/tiny")["all_results.json"] == b'{"eval_accuracy": 0.5}'
+    refused = [
+        ("token.json", r"'token.json' is a link to .*/huggingface/token, outside .*saved; hf_vit uploads only files"),
+        ("passwd.py", "'passwd.py' is a link to /etc/passwd, outside"),
+        (".credentials.json", r"saved/\.credentials\.json is a hidden file; hf_vit never uploads hidden files"),
+        ("training_args.bin", "training_args.bin is a pickle, which runs code when loaded"),
+        ("../outside.txt", "'../outside.txt' leads outside"),
+        ("missing.txt", "missing.txt does not exist"),
+    ]
+    for name, message in refused:
+        with pytest.raises(ValueError, match=message):
+            push_model(saved_folder, "org/refused", include=[name])
+    (saved_folder / "pos_embed.py").rename(tmp_path / "pos_embed.py")
+    (saved_folder / "pos_embed.py").symlink_to(tmp_path / "pos_embed.py")
+    with pytest.raises(ValueError, match="'pos_embed.py' is a link to .*, outside"):
+        push_model(saved_folder, "org/refused")
+    assert ("model", "org/refused") not in hub.hub.repos, "refused before anything is sent"
+    stored = [path.read_bytes() for path in hub.hub.root.rglob("*") if path.is_file()]
+    assert not any(b"SECRET" in content or b"root:" in content for content in stored)
+
+
+def test_cli_include_pushes_named_files_and_refuses_a_link_out_in_one_line(hub, saved_folder, tmp_path, capsys):
+    (saved_folder / "all_results.json").write_text("{}")
+    (saved_folder / "eval").mkdir()
+    (saved_folder / "eval" / "predictions.csv").write_text("id,label\n")
+    argv = ["--model", str(saved_folder), "--repo-id", "org/with-results"]
+    assert push_to_hub.main([*argv, "--include", "all_results.json", "eval/predictions.csv"]) == 0
+    assert {"all_results.json", "eval/predictions.csv"} <= set(received(hub, "org/with-results"))
+
+    (saved_folder / "token.json").symlink_to(tmp_path / "token")
+    (tmp_path / "token").write_text("hf_SECRETtoken")
+    result = subprocess.run(
+        [sys.executable, "scripts/push_to_hub.py", *argv, "--include", "token.json"],
+        cwd=ROOT,
+        env={**hub.env(tmp_path / "cli-home"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"error: 'token.json' is a link to {tmp_path / 'token'}, outside {saved_folder}; hf_vit uploads only files "
+        "inside the model folder."
+    )
+
+
 def test_folders_without_safetensors_or_code_are_refused(tmp_path, saved_folder, capsys):
     (saved_folder / "model.safetensors").rename(saved_folder / "pytorch_model.bin")
     assert push_to_hub.main(["--model", str(saved_folder), "--repo-id", "org/x"]) == 1
