@@ -1,6 +1,10 @@
 """Push a model folder saved by hf_vit to the Hugging Face Hub, with its code, image processor and model card.
 
-python scripts/push_to_hub.py --model outputs/pretrain --repo-id my-org/vit-digits [--private] [--revision BRANCH]
+python scripts/push_to_hub.py --model outputs/pretrain --repo-id my-org/vit-digits [--private] [--revision BRANCH] \\
+    [--include all_results.json ...]
+
+Only the model goes up: weights, config, image processor config, modeling code and model card; other files of the
+folder only when --include names them.
 
 Log in first (`hf auth login`) or set HF_TOKEN; HF_ENDPOINT selects another Hub.
 """
@@ -18,10 +22,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--private", action="store_true", help="Create the repo private (an existing repo is kept).")
     parser.add_argument("--revision", default=None, metavar="BRANCH", help="Push to this branch (created from main).")
     parser.add_argument("--commit-message", default=None, metavar="MSG")
+    parser.add_argument(
+        "--include",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="FILE",
+        help="Also upload these files of the folder (paths relative to it), e.g. all_results.json.",
+    )
     args = parser.parse_args(argv)
     try:
         commit = push_model(
-            args.model, args.repo_id, private=args.private, revision=args.revision, commit_message=args.commit_message
+            args.model,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            include=args.include,
         )
     except (HubError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

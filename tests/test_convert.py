@@ -4,9 +4,11 @@ Every test builds its checkpoint here (no download): JAX layouts are checked aga
 tests/numpy_vit.py, timm and transformers against their own models.
 """
 
+import argparse
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from functools import partial
@@ -415,19 +417,106 @@ def test_transformers_pooler_is_the_representation_layer(tmp_path):
 # --- bad input --------------------------------------------------------------------------------------------------
 
 
+def sharded_transformers_folder(folder: Path) -> tuple[torch.nn.Module, list[str]]:
+    """A transformers ViT saved in several shards with an index, as large checkpoints are; returns the shard names."""
+    model = transformers_vit()
+    model.save_pretrained(folder, max_shard_size="40KB")
+    shards = sorted(set(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"].values()))
+    assert len(shards) > 1
+    return model, shards
+
+
+def test_shard_names_that_leave_the_folder_are_refused(tmp_path):
+    """A weight index naming `../x`, an absolute path or a link out is refused before any of its shards is read."""
+    source = tmp_path / "source"
+    _, shards = sharded_transformers_folder(source)
+    index_file = source / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    first = shards[0]
+    (tmp_path / "outside.safetensors").write_bytes((source / first).read_bytes())  # real weights: read, they convert
+    (source / "link.safetensors").symlink_to(tmp_path / "outside.safetensors")
+    cases = [
+        ("../outside.safetensors", r"shard '\.\./outside\.safetensors' leads outside .*source"),
+        ("/etc/passwd", r"shard '/etc/passwd' leads outside .*source"),
+        ("link.safetensors", r"shard 'link\.safetensors' is a link to .*outside\.safetensors, outside .*source"),
+    ]
+    for shard, message in cases:
+        weight_map = {key: shard if name == first else name for key, name in index["weight_map"].items()}
+        index_file.write_text(json.dumps({**index, "weight_map": weight_map}))
+        with pytest.raises(ConversionError, match=message + "; conversion reads only files inside the checkpoint"):
+            convert_checkpoint("transformers", source, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+    (source / "config.json").rename(tmp_path / "config.json")
+    (source / "config.json").symlink_to(tmp_path / "config.json")
+    with pytest.raises(ConversionError, match=r"'config\.json' is a link to .*, outside .*source"):
+        convert_checkpoint("transformers", source, tmp_path / "out")
+
+
+def test_a_snapshot_in_the_hugging_face_cache_links_into_its_blobs_and_converts(tmp_path):
+    """The cache stores files once under blobs/ and links to them from snapshots/<commit>/: those links stay inside."""
+    saved = tmp_path / "saved"
+    model, _ = sharded_transformers_folder(saved)
+    repo = tmp_path / "hf-cache" / "models--org--vit-sharded"
+    snapshot = repo / "snapshots" / "0123abc"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for file in saved.iterdir():
+        file.rename(repo / "blobs" / file.name)
+        (snapshot / file.name).symlink_to(Path("..", "..", "blobs", file.name))
+    convert_checkpoint("transformers", snapshot, tmp_path / "out")
+    x = images(32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x).permute(0, 3, 1, 2).float()).logits.double().numpy()
+    np.testing.assert_allclose(torch_logits(load_converted(tmp_path / "out"), x), expected, atol=TOLERANCE, rtol=0)
+
+
 def test_not_a_checkpoint(tmp_path):
     (tmp_path / "notes.npz").write_text("not a checkpoint")
     (tmp_path / "notes.pth").write_text("not a checkpoint")
     (tmp_path / "folder").mkdir()
     cases = [
         ("jax", tmp_path / "notes.npz", "notes.npz is not a NumPy .npz checkpoint"),
-        ("timm", tmp_path / "notes.pth", "notes.pth is not a PyTorch checkpoint that loads with weights_only=True"),
+        ("timm", tmp_path / "notes.pth", "notes.pth is not a PyTorch checkpoint: it is a text file"),
         ("transformers", tmp_path / "folder", "is not a transformers model folder: it has no config.json"),
         ("jax", tmp_path / "missing.npz", "missing.npz does not exist"),
     ]
     for source, path, message in cases:
         with pytest.raises(ConversionError, match=message):
             convert_checkpoint(source, path, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+
+def test_broken_weight_files_are_one_line_that_names_the_file(tmp_path):
+    """Truncated, garbage, text and pickled-object weight files: an error that names the file and says what it is,
+    never torch's advice to load with weights_only=False."""
+    safetensors = tmp_path / "good.safetensors"
+    save_file(timm_model().state_dict(), safetensors)
+    (tmp_path / "truncated.safetensors").write_bytes(safetensors.read_bytes()[: safetensors.stat().st_size // 2])
+    (tmp_path / "garbage.safetensors").write_bytes(bytes(range(256)) * 4)
+    torch.save(timm_model().state_dict(), tmp_path / "good.pth")
+    (tmp_path / "truncated.pth").write_bytes((tmp_path / "good.pth").read_bytes()[:1000])
+    (tmp_path / "notes.pth").write_text("not a checkpoint\nbut notes ü\n")
+    (tmp_path / "garbage.pth").write_bytes(bytes(range(255, -1, -1)))
+    torch.save({"model": timm_model().state_dict(), "args": argparse.Namespace(lr=0.1)}, tmp_path / "with_args.pth")
+    transformers_vit().save_pretrained(tmp_path / "folder")
+    (tmp_path / "folder" / "model.safetensors").write_bytes(b"\x08" + bytes(7) + b"{}")
+    cases = [
+        ("truncated.safetensors", "truncated.safetensors is not a readable safetensors file"),
+        ("garbage.safetensors", "garbage.safetensors is not a readable safetensors file"),
+        ("truncated.pth", r"truncated.pth is a damaged or truncated PyTorch checkpoint \(PytorchStreamReader failed"),
+        ("notes.pth", "notes.pth is not a PyTorch checkpoint: it is a text file, not the zip archive that torch.save"),
+        ("garbage.pth", "garbage.pth is not a PyTorch checkpoint: it is binary data, not the zip archive"),
+        ("with_args.pth", "with_args.pth holds argparse.Namespace objects besides tensors, and hf_vit loads .pth"),
+        ("folder", r"folder/model.safetensors is not a readable safetensors file"),
+    ]
+    for name, message in cases:
+        source = "transformers" if name == "folder" else "timm"
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli("--source", source, "--checkpoint", tmp_path / name, "--output", tmp_path / "out", "--num-heads", 4)
+        error = str(exit_info.value.code)
+        assert error.startswith(f"error: {tmp_path}/") and "\n" not in error, error
+        assert re.search(message, error) and "weights_only` set to `False" not in error, error
         assert not (tmp_path / "out").exists()
 
 
@@ -498,19 +587,22 @@ def test_bad_image_size_is_named(tmp_path):
 
 
 def test_cli_error_is_a_message_not_a_traceback(tmp_path):
-    (tmp_path / "notes.npz").write_text("not a checkpoint")
+    """The issue's probe: a text file passed as a .pth is one `error:` line that says so."""
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "convert_checkpoint.py"), "--source", "jax"]
-        + ["--checkpoint", str(tmp_path / "notes.npz"), "--output", str(tmp_path / "out")],
+        [sys.executable, str(ROOT / "scripts" / "convert_checkpoint.py"), "--source", "timm"]
+        + ["--checkpoint", str(tmp_path / "notes.pth"), "--output", str(tmp_path / "out")],
         capture_output=True,
         text=True,
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         timeout=300,
     )
-    assert result.returncode == 1
-    assert result.stderr.strip().startswith("error: ") and "notes.npz is not a NumPy .npz checkpoint" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"error: {tmp_path / 'notes.pth'} is not a PyTorch checkpoint: it is a text file, not the zip archive that "
+        "torch.save writes (nor the pickle it wrote before PyTorch 1.6)."
+    )
     assert not (tmp_path / "out").exists()
 
 

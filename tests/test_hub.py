@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import TINY, randomize_head, run_without_hf_vit
 from huggingface_hub import HfApi
+from markdown_it import MarkdownIt
 from PIL import Image
 from transformers import AutoModelForImageClassification
 
@@ -187,6 +188,79 @@ def test_cli_pushes_a_folder_to_a_branch_and_fails_in_one_line(hub, saved_folder
     assert digests(saved_folder) == before, "pushing must not change the local folder"
 
 
+def received(hub, repo_id: str, revision: str = "main") -> dict[str, bytes]:
+    """The files of `repo_id` at `revision` as the test Hub stored them."""
+    repo = hub.hub.repos[("model", repo_id)]
+    return {path: hub.hub.read(entry) for path, entry in repo.commits[repo.branches[revision]].files.items()}
+
+
+def test_a_push_uploads_only_the_model_files_and_refuses_links_out_and_hidden_files(hub, saved_folder, tmp_path):
+    """Links to a token and to /etc/passwd, a hidden credentials file, logs and helper code in the folder stay local;
+    extra files go up only when named, and a named or needed file that is hidden, a pickle or a link out is refused
+    before anything is sent."""
+    token = tmp_path / "home" / ".cache" / "huggingface" / "token"
+    token.parent.mkdir(parents=True)
+    token.write_text("hf_SECRETtoken")
+    (saved_folder / "token.json").symlink_to(token)
+    (saved_folder / "passwd.py").symlink_to("/etc/passwd")
+    (saved_folder / ".credentials.json").write_text('{"key": "SECRETkey"}')
+    (saved_folder / "all_results.json").write_text('{"eval_accuracy": 0.5}')
+    (saved_folder / "helpers.py").write_text("LOCAL = True\n")
+    push_model(saved_folder, "org/tiny")
+    files = received(hub, "org/tiny")
+    code = ["configuration.py", "modeling.py", "pos_embed.py"]  # pos_embed.py: imported by modeling.py
+    model = ["README.md", "config.json", *code, "model.safetensors"]
+    assert sorted(files) == sorted([".gitattributes", "preprocessor_config.json", *model])
+    for name in model:
+        assert files[name] == (saved_folder / name).read_bytes(), name
+
+    push_model(saved_folder, "org/tiny", include=["all_results.json"])
+    assert received(hub, "org/tiny")["all_results.json"] == b'{"eval_accuracy": 0.5}'
+    refused = [
+        ("token.json", r"'token.json' is a link to .*/huggingface/token, outside .*saved; hf_vit uploads only files"),
+        ("passwd.py", "'passwd.py' is a link to /etc/passwd, outside"),
+        (".credentials.json", r"saved/\.credentials\.json is a hidden file; hf_vit never uploads hidden files"),
+        ("training_args.bin", "training_args.bin is a pickle, which runs code when loaded"),
+        ("../outside.txt", "'../outside.txt' leads outside"),
+        ("missing.txt", "missing.txt does not exist"),
+    ]
+    for name, message in refused:
+        with pytest.raises(ValueError, match=message):
+            push_model(saved_folder, "org/refused", include=[name])
+    (saved_folder / "pos_embed.py").rename(tmp_path / "pos_embed.py")
+    (saved_folder / "pos_embed.py").symlink_to(tmp_path / "pos_embed.py")
+    with pytest.raises(ValueError, match="'pos_embed.py' is a link to .*, outside"):
+        push_model(saved_folder, "org/refused")
+    assert ("model", "org/refused") not in hub.hub.repos, "refused before anything is sent"
+    stored = [path.read_bytes() for path in hub.hub.root.rglob("*") if path.is_file()]
+    assert not any(b"SECRET" in content or b"root:" in content for content in stored)
+
+
+def test_cli_include_pushes_named_files_and_refuses_a_link_out_in_one_line(hub, saved_folder, tmp_path, capsys):
+    (saved_folder / "all_results.json").write_text("{}")
+    (saved_folder / "eval").mkdir()
+    (saved_folder / "eval" / "predictions.csv").write_text("id,label\n")
+    argv = ["--model", str(saved_folder), "--repo-id", "org/with-results"]
+    assert push_to_hub.main([*argv, "--include", "all_results.json", "eval/predictions.csv"]) == 0
+    assert {"all_results.json", "eval/predictions.csv"} <= set(received(hub, "org/with-results"))
+
+    (saved_folder / "token.json").symlink_to(tmp_path / "token")
+    (tmp_path / "token").write_text("hf_SECRETtoken")
+    result = subprocess.run(
+        [sys.executable, "scripts/push_to_hub.py", *argv, "--include", "token.json"],
+        cwd=ROOT,
+        env={**hub.env(tmp_path / "cli-home"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"error: 'token.json' is a link to {tmp_path / 'token'}, outside {saved_folder}; hf_vit uploads only files "
+        "inside the model folder."
+    )
+
+
 def test_folders_without_safetensors_or_code_are_refused(tmp_path, saved_folder, capsys):
     (saved_folder / "model.safetensors").rename(saved_folder / "pytorch_model.bin")
     assert push_to_hub.main(["--model", str(saved_folder), "--repo-id", "org/x"]) == 1
@@ -252,6 +326,59 @@ def test_model_card_describes_the_preset_and_its_results():
     assert "Custom ViT (" in encoder_card.text and "AutoModel.from_pretrained" in encoder_card.text
     with pytest.raises(ValueError, match="results need the dataset they were measured on"):
         render_model_card(config, source="x", results={"accuracy": 0.5})
+
+
+def table_rows(markdown: str) -> list[list[str]]:
+    """The cells of every table row as a Markdown renderer (markdown-it, with GitHub's tables) reads them."""
+    rows, cell_open = [], False
+    for token in MarkdownIt("commonmark").enable("table").parse(markdown):
+        if token.type == "tr_open":
+            rows.append([])
+        cell_open = token.type in ("td_open", "th_open") or (cell_open and token.type == "inline")
+        if token.type == "inline" and cell_open:
+            rows[-1].append("".join(child.content for child in token.children if child.type in ("text", "softbreak")))
+    return rows
+
+
+def test_card_escapes_label_and_split_names():
+    """Names from a dataset are literal text in one table cell each: no broken row, no HTML, no image or link."""
+    image = "![x](http://example.com/pixel.png)"
+    labels = ["a|b", "two\nlines", "<script>alert(1)</script>", image, "back\\"]
+    config = hf_vit.VisionTransformerConfig(**TINY)
+    config.id2label = dict(enumerate(labels))
+    card = render_model_card(
+        config, source="x", results={"accuracy": 0.5}, results_dataset="org/x", results_split="|a\nb"
+    )
+    rows = table_rows(card.text)
+    assert len(rows) == 10 + 2, "the architecture table (header and 9 rows) and the results table (header and 1 row)"
+    assert all(len(row) == 2 for row in rows[:10]) and all(len(row) == 4 for row in rows[10:])
+    assert rows[9] == [
+        "Labels",
+        "a|b, two lines, <script>alert(1)</script>, ![x](http://example.com/pixel.png), back\\",
+    ]
+    assert rows[11] == ["org/x", "|a b", "accuracy", "0.5"]
+    rendered = MarkdownIt("commonmark").enable("table").render(card.text)
+    assert "<script" not in rendered and "<img" not in rendered and "&lt;script&gt;" in rendered
+
+
+def test_card_publishes_no_local_dataset_path(tmp_path, monkeypatch):
+    """A dataset given as a local path is "local dataset" in the text and the model-index, and not in `datasets`."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shapes").mkdir()  # a folder that reads like a Hub id: what the scripts loaded, so it is local
+    config = hf_vit.VisionTransformerConfig(**TINY)
+    for local in ["/home/me/data", "~/data", "shapes", str(tmp_path / "shapes"), "../data"]:
+        card = render_model_card(config, source="x", datasets=[local, "org/shapes"], results={"accuracy": 0.5})
+        data = card.data.to_dict()
+        assert data["datasets"] == ["org/shapes"]
+        assert data["model-index"][0]["results"][0]["dataset"] == {
+            "name": "local dataset",
+            "type": "local dataset",
+            "split": "validation",
+        }
+        assert local not in str(card).replace("org/shapes", ""), local
+        assert "Data: local dataset, org/shapes." in card.text and "| local dataset | validation |" in card.text
+    card = render_model_card(config, source="x", results={"accuracy": 0.5}, results_dataset="scikit-learn's digits")
+    assert card.data.eval_results[0].dataset_name == "scikit-learn's digits", "plain names are not paths"
 
 
 def test_card_templates_ship_inside_the_package():

@@ -3,6 +3,11 @@
 This file travels to the Hub next to saved weights, so it imports nothing from hf_vit.
 """
 
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
@@ -10,10 +15,68 @@ CLASSIFIERS = ("token", "gap")
 POS_EMBED_INTERPOLATIONS = ("official", "bicubic")
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_positive_int(value: object) -> bool:
+    return _is_int(value) and value > 0
+
+
+def _is_number(value: object) -> bool:
+    """A finite int or float (not a bool, not a string that reads as one)."""
+    return _is_int(value) or (isinstance(value, numbers.Real) and math.isfinite(value))
+
+
+def _is_size(value: object) -> bool:
+    return _is_positive_int(value) or (
+        isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_positive_int(side) for side in value)
+    )
+
+
+def _one_of(choices: tuple[str, ...]) -> tuple[Callable[[object], bool], str]:
+    return (lambda value: value in choices), f"be one of {choices}"
+
+
+POSITIVE_INT = (_is_positive_int, "be a positive integer")
+PROBABILITY = (lambda value: _is_number(value) and 0 <= value < 1, "be in [0, 1)")
+SIZE = (_is_size, "be a positive integer or a [height, width] pair of them")
+# field -> (test, what the value must be): every field a config.json or a keyword argument can set wrongly.
+FIELD_RULES = {
+    "hidden_size": POSITIVE_INT,
+    "num_hidden_layers": POSITIVE_INT,
+    "num_attention_heads": POSITIVE_INT,
+    "intermediate_size": POSITIVE_INT,
+    "hidden_act": (
+        lambda value: isinstance(value, str) and value in ACT2FN,
+        "be a transformers activation: 'gelu' (exact) or 'gelu_pytorch_tanh' (the official JAX models)",
+    ),
+    "hidden_dropout_prob": PROBABILITY,
+    "attention_probs_dropout_prob": PROBABILITY,
+    "drop_path_rate": PROBABILITY,
+    "initializer_range": (lambda value: _is_number(value) and value >= 0, "be a number >= 0"),
+    "layer_norm_eps": (lambda value: _is_number(value) and value > 0, "be a number > 0"),
+    "image_size": SIZE,
+    "patch_size": SIZE,
+    "num_channels": POSITIVE_INT,
+    "qkv_bias": (lambda value: isinstance(value, bool), "be true or false"),
+    "classifier": _one_of(CLASSIFIERS),
+    "representation_size": (lambda value: value is None or _is_positive_int(value), "be a positive integer or None"),
+    "pos_embed_interpolation": _one_of(POS_EMBED_INTERPOLATIONS),
+}
+HYBRID_FIELD_RULES = {
+    "resnet_layers": (
+        lambda value: isinstance(value, (list, tuple)) and all(_is_positive_int(units) for units in value),
+        "hold positive unit counts per stage, e.g. [3, 4, 9] ([] for the stem only)",
+    ),
+    "resnet_width_factor": POSITIVE_INT,
+}
+
+
 def to_pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     """Return `value` as a (height, width) pair; configs accept one int for square sizes."""
-    if isinstance(value, int):
-        return value, value
+    if isinstance(value, numbers.Integral):
+        return int(value), int(value)
     height, width = value
     return int(height), int(width)
 
@@ -57,6 +120,7 @@ class VisionTransformerConfig(PretrainedConfig):
     """
 
     model_type = "hf_vit"
+    field_rules = FIELD_RULES
 
     def __init__(
         self,
@@ -89,8 +153,8 @@ class VisionTransformerConfig(PretrainedConfig):
         self.drop_path_rate = drop_path_rate
         self.initializer_range = initializer_range
         self.layer_norm_eps = layer_norm_eps
-        self.image_size = list(image_size) if not isinstance(image_size, int) else image_size
-        self.patch_size = list(patch_size) if not isinstance(patch_size, int) else patch_size
+        self.image_size = list(image_size) if isinstance(image_size, tuple) else image_size
+        self.patch_size = list(patch_size) if isinstance(patch_size, tuple) else patch_size
         self.num_channels = num_channels
         self.qkv_bias = qkv_bias
         self.classifier = classifier
@@ -110,8 +174,19 @@ class VisionTransformerConfig(PretrainedConfig):
         (height, width), (step_h, step_w) = to_pair(self.image_size), self.token_stride
         return height // step_h, width // step_w
 
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        """As transformers' `from_dict`, then checked: it sets keyword overrides (`from_pretrained(path, key=value)`)
+        after `__init__` has checked the fields."""
+        loaded = super().from_dict(config_dict, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).check()
+        return loaded
+
     def check(self) -> None:
         """Raise a ValueError that names the field to change when the fields do not make a model."""
+        for name, (is_valid, requirement) in self.field_rules.items():
+            if not is_valid(getattr(self, name)):
+                raise ValueError(f"{name} must {requirement}, got {getattr(self, name)!r}.")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
@@ -124,23 +199,6 @@ class VisionTransformerConfig(PretrainedConfig):
                 f"image_size ({height}x{width}) must be divisible by the token stride ({step_h}x{step_w} pixels per "
                 "token): change image_size or patch_size."
             )
-        if self.classifier not in CLASSIFIERS:
-            raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {self.classifier!r}.")
-        if self.pos_embed_interpolation not in POS_EMBED_INTERPOLATIONS:
-            raise ValueError(
-                f"pos_embed_interpolation must be one of {POS_EMBED_INTERPOLATIONS}, "
-                f"got {self.pos_embed_interpolation!r}."
-            )
-        if self.hidden_act not in ACT2FN:
-            raise ValueError(
-                f"hidden_act {self.hidden_act!r} is not a transformers activation; use 'gelu' (exact) or "
-                "'gelu_pytorch_tanh' (the official JAX models)."
-            )
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
-        if self.representation_size is not None and self.representation_size <= 0:
-            raise ValueError(f"representation_size must be positive or None, got {self.representation_size}.")
 
 
 class HybridVisionTransformerConfig(VisionTransformerConfig):
@@ -156,6 +214,7 @@ class HybridVisionTransformerConfig(VisionTransformerConfig):
     """
 
     model_type = "hf_vit_hybrid"
+    field_rules = FIELD_RULES | HYBRID_FIELD_RULES
 
     def __init__(
         self,
@@ -164,7 +223,7 @@ class HybridVisionTransformerConfig(VisionTransformerConfig):
         patch_size: int | tuple[int, int] = 1,
         **kwargs,
     ):
-        self.resnet_layers = [int(units) for units in resnet_layers]
+        self.resnet_layers = list(resnet_layers) if isinstance(resnet_layers, tuple) else resnet_layers
         self.resnet_width_factor = resnet_width_factor
         super().__init__(patch_size=patch_size, **kwargs)
 
@@ -182,10 +241,3 @@ class HybridVisionTransformerConfig(VisionTransformerConfig):
     def token_stride(self) -> tuple[int, int]:
         patch_h, patch_w = to_pair(self.patch_size)
         return patch_h * self.resnet_stride, patch_w * self.resnet_stride
-
-    def check(self) -> None:
-        if any(units < 1 for units in self.resnet_layers):
-            raise ValueError(f"resnet_layers must hold positive unit counts per stage, got {self.resnet_layers}.")
-        if not isinstance(self.resnet_width_factor, int) or self.resnet_width_factor < 1:
-            raise ValueError(f"resnet_width_factor must be a positive integer, got {self.resnet_width_factor!r}.")
-        super().check()

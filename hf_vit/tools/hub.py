@@ -7,19 +7,24 @@ image processor and the model card go up in one commit, so a repo is never half 
 
 import fnmatch
 import json
+import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import AutoConfig, BaseImageProcessor, PreTrainedModel
+from transformers.dynamic_module_utils import get_relative_imports
 
 from ..models.processing import create_image_processor
+from .files import file_in_folder
 from .model_card import render_model_card
 
-# Files of a saved model that are shared; anything else in an output folder (checkpoints, logs) stays local.
-SHARED_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.json", "*.py", "README.md")
+# What transformers loads from a model folder besides the weights and the code; all else stays local unless named.
+MODEL_FILES = ("config.json", "preprocessor_config.json", "README.md")
+WEIGHTS, WEIGHTS_INDEX = "model.safetensors", "model.safetensors.index.json"
 # Weights that would be loaded in place of ours if a previous push left them behind.
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json")
 # Pickle-based formats run code when loaded: never shared (training_args.bin and optimizer states stay local too).
@@ -43,15 +48,15 @@ def check_folder(folder: Path) -> dict[str, Any]:
     names = {path.name for path in folder.iterdir() if path.is_file()}
     if "config.json" not in names:
         raise ValueError(f"{folder} has no config.json: it is not a saved model.")
-    if not any(name.endswith(".safetensors") for name in names):
+    if WEIGHTS not in names and WEIGHTS_INDEX not in names:
         pickles = sorted(name for name in names if _matches(name, PICKLE_PATTERNS))
         found = f" (only pickle files: {', '.join(pickles)})" if pickles else ""
         raise ValueError(
             f"{folder} has no .safetensors weights{found}; hf_vit shares safetensors only: load the model and "
             "save it again with save_pretrained."
         )
-    config = json.loads((folder / "config.json").read_text())
-    modules = {reference.split(".")[0] for reference in config.get("auto_map", {}).values()}
+    config = json.loads(_model_file(folder, "config.json").read_text())
+    modules = {reference.split(".")[0] for reference in _auto_map_references(config)}
     missing = sorted(f"{module}.py" for module in modules if f"{module}.py" not in names)
     if not modules or missing:
         raise ValueError(
@@ -61,12 +66,74 @@ def check_folder(folder: Path) -> dict[str, Any]:
     return config
 
 
-def _operations(folder: Path, generated: dict[str, bytes]) -> list[CommitOperationAdd]:
-    """Additions for the shared files of `folder`, where `generated` files (a card, a processor) take precedence."""
+def _auto_map_references(config: dict[str, Any]) -> list[str]:
+    """The "module.Class" references of `auto_map` (a value may be a list, as for tokenizers)."""
+    values = config.get("auto_map", {}).values()
+    return [ref for value in values for ref in (value if isinstance(value, (list, tuple)) else [value]) if ref]
+
+
+def _model_file(folder: Path, name: str) -> Path:
+    """`folder / name` for a file that a push reads and uploads; a ValueError names it when it is hidden, a pickle,
+    not a file, or lies outside the folder (`..`, an absolute name, a link out)."""
+    try:
+        path = file_in_folder(folder, name)
+    except ValueError as error:
+        raise ValueError(f"{error}; hf_vit uploads only files inside the model folder.") from None
+    if any(part.startswith(".") for part in Path(name).parts):
+        raise ValueError(f"{path} is a hidden file; hf_vit never uploads hidden files.")
+    if _matches(path.name, PICKLE_PATTERNS):
+        raise ValueError(f"{path} is a pickle, which runs code when loaded; hf_vit shares safetensors only.")
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist or is not a file.")
+    return path
+
+
+def _code_files(folder: Path, config: dict[str, Any]) -> list[str]:
+    """The modules that `auto_map` names and, recursively, those they import relatively: what transformers copies
+    next to the weights and loads as remote code."""
+    pending = [reference.split(".")[0] for reference in _auto_map_references(config)]
+    found: list[str] = []
+    while pending:
+        module = pending.pop()
+        if not module.isidentifier():
+            raise ValueError(f"{folder}: the model's code imports {module!r}, which is not a module of the folder.")
+        if f"{module}.py" not in found:
+            found.append(f"{module}.py")
+            pending += get_relative_imports(_model_file(folder, f"{module}.py"))
+    return sorted(found)
+
+
+def model_files(folder: str | Path, include: Sequence[str] = ()) -> dict[str, Path]:
+    """The files of a saved model folder that a push uploads, by their name in the repo.
+
+    These are the weights that transformers loads (model.safetensors, or the index and the shards it names),
+    config.json, preprocessor_config.json and README.md where present, the code (`_code_files`), and the files named
+    in `include` (paths relative to the folder). Checkpoints, logs, tokens and anything else stay local. Raises
+    ValueError for a folder that is not a saved model, naming any file to upload that is hidden, a pickle, missing,
+    or outside the folder (a link out included).
+    """
+    folder = Path(folder)
+    config = check_folder(folder)
+    names = [name for name in MODEL_FILES if os.path.lexists(folder / name)]  # links too: a link out is refused
+    if os.path.lexists(folder / WEIGHTS_INDEX):
+        try:
+            shards = sorted(set(json.loads(_model_file(folder, WEIGHTS_INDEX).read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{folder / WEIGHTS_INDEX} is not a weight index ({error}).") from None
+        names += [WEIGHTS_INDEX, *shards]
+    else:
+        names.append(WEIGHTS)
+    names += _code_files(folder, config) + list(include)
+    return {name: _model_file(folder, name) for name in dict.fromkeys(names)}
+
+
+def _operations(folder: Path, generated: dict[str, bytes], include: Sequence[str] = ()) -> list[CommitOperationAdd]:
+    """Additions for the model files of `folder` (and `include`), where `generated` files (a card, a processor) take
+    precedence."""
     operations = [
-        CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path))
-        for path in sorted(folder.iterdir())
-        if path.is_file() and _matches(path.name, SHARED_PATTERNS) and path.name not in generated
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
+        for name, path in model_files(folder, include).items()
+        if name not in generated
     ]
     return operations + [CommitOperationAdd(path_in_repo=n, path_or_fileobj=b) for n, b in generated.items()]
 
@@ -104,19 +171,22 @@ def push_model(
     commit_message: str | None = None,
     processor: BaseImageProcessor | None = None,
     token: str | None = None,
+    include: Sequence[str] = (),
     **card_kwargs: Any,
 ) -> CommitInfo:
     """Push a model, or a folder saved by hf_vit, to `repo_id` in one commit; returns it (`.oid`, `.commit_url`).
 
     The repo is created if needed (public unless `private`), and `revision` names a branch that is created from
     `main` if it does not exist. A model is saved with its code and an image processor (`processor`, or the paper's
-    preprocessing for its config). A folder is pushed as it is (top-level weights, json and code files; checkpoints
-    and logs stay local), with the paper's image processor if it has none and a model card if it has no README.md.
+    preprocessing for its config). A folder is pushed as it is (`model_files`: weights, config, processor config,
+    code and card; checkpoints, logs and other files stay local unless named in `include`, paths relative to the
+    folder), with the paper's image processor if it has none and a model card if it has no README.md.
     `card_kwargs` (`source`, `datasets`, `base_model`, `results`, `license`, ... of `render_model_card`) render a
     new card in either case. Weight files left on the branch by an earlier push and not part of this one are deleted.
 
-    Raises ValueError for a folder that is not a model saved with code and safetensors weights, and `HubError` when
-    the Hub refuses the push or cannot be reached.
+    Raises ValueError for a folder that is not a model saved with code and safetensors weights or a file to upload
+    that is hidden, a pickle or outside the folder (a link out), and `HubError` when the Hub refuses the push or
+    cannot be reached.
     """
     api = HfApi(token=token)
     generated: dict[str, bytes] = {}
@@ -139,7 +209,7 @@ def push_model(
         if card_kwargs:
             card_kwargs.setdefault("model_id", repo_id)
             generated["README.md"] = str(render_model_card(model_or_config, **card_kwargs)).encode()
-        operations = _operations(folder, generated)
+        operations = _operations(folder, generated, include)
         message = commit_message or f"Upload {type(model_or_config).__name__.removesuffix('Config')} with hf_vit"
         try:
             repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id

@@ -4,6 +4,7 @@ The pre-training, fine-tuning and conversion code call `render_model_card` to wr
 `hf_vit.hub.push_model` writes one when a folder has none.
 """
 
+import html
 import os
 import re
 from collections.abc import Mapping
@@ -12,6 +13,8 @@ from typing import Any
 
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModel, AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
 
 from ..models.configuration import is_hybrid, to_pair
@@ -23,7 +26,18 @@ TAGS = ["vision-transformer", "image-classification", "hf_vit", "custom_code"]
 ACTIVATIONS = {"gelu": "exact GELU", "gelu_pytorch_tanh": "GELU (tanh approximation, as the official JAX models)"}
 RESIZES = {"official": "bilinearly with aligned corners (the official code)", "bicubic": "bicubically (as timm)"}
 NOT_ARCHITECTURE = {"num_labels", "image_size", "hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"}
-HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+# What a card says instead of a dataset's local path, which would publish the layout of the machine it was trained on.
+LOCAL_DATASET = "local dataset"
+MARKDOWN_MARKUP = re.compile(r"([\\`*\[\]|])")
+
+
+def is_repo_id(name: str) -> bool:
+    """Whether `name` has the form of a Hub repo id ("org/name" or "name", without `..`, `--` or a leading dot)."""
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def hub_id(name: str) -> str | None:
@@ -32,7 +46,26 @@ def hub_id(name: str) -> str | None:
     Only Hub ids belong in a card's `base_model` and `datasets` metadata; a local folder of the same shape
     (e.g. "outputs/pretrain") is what the scripts loaded when it exists, so it is not one.
     """
-    return name if HUB_ID.fullmatch(name) and not os.path.exists(name) else None
+    return name if is_repo_id(name) and not os.path.exists(name) else None
+
+
+def is_local_path(name: str) -> bool:
+    """Whether `name` is a path on this machine (it exists, or it has a path separator or `~` and is no Hub id)."""
+    return os.path.exists(name) or (hub_id(name) is None and (name.startswith("~") or "/" in name or "\\" in name))
+
+
+def public_dataset_name(name: str) -> str:
+    """`name` as a card may publish it: Hub ids and plain names as they are, local paths as LOCAL_DATASET."""
+    return LOCAL_DATASET if is_local_path(name) else name
+
+
+def table_text(text: Any) -> str:
+    """`text` as literal text in one cell of a Markdown table: one line, its Markdown markup and HTML escaped.
+
+    Label names and split names come from datasets; raw, a `|` or a newline breaks the table and a `<script>` is HTML
+    in the README.
+    """
+    return html.escape(MARKDOWN_MARKUP.sub(r"\\\1", " ".join(str(text).splitlines())), quote=False)
 
 
 def _plain(value: Any) -> Any:
@@ -127,10 +160,12 @@ def render_model_card(
         changes: what was done to the weights on the way, one sentence each (position embeddings resized, a new
             head), listed under the source.
         model_id: the Hub repo id (or folder) that the loading examples use.
-        datasets: Hub dataset ids (or names) the model was trained on.
+        datasets: Hub dataset ids (or names) the model was trained on; only Hub ids go into the metadata, and local
+            paths are published as "local dataset".
         base_model: the Hub id of the model it was fine-tuned or converted from.
         results: metric name -> value (e.g. {"accuracy": 0.81}), written as the card's `model-index`.
-        results_dataset: the dataset those results are on; defaults to the first of `datasets`.
+        results_dataset: the dataset those results are on; defaults to the first of `datasets`. A local path is
+            published as "local dataset".
         results_split: the split those results are on.
         license: an SPDX-style license id for the weights.
     """
@@ -140,6 +175,7 @@ def render_model_card(
     results_dataset = results_dataset or (datasets[0] if datasets else None)
     if results and results_dataset is None:
         raise ValueError("results need the dataset they were measured on: pass datasets=[...] or results_dataset=.")
+    results_dataset = results_dataset and public_dataset_name(results_dataset)
     classifier = is_classifier(model_or_config)
     task = "image-classification" if classifier else "image-feature-extraction"
     preset = find_preset(config)
@@ -151,7 +187,7 @@ def render_model_card(
         pipeline_tag=task,
         tags=TAGS + (["hybrid", "resnet"] if is_hybrid(config) else []) + ([] if classifier else [task]),
         license=license,
-        datasets=datasets or None,
+        datasets=[name for name in datasets if hub_id(name)] or None,
         base_model=base_model,
         model_name=model_name if results else None,
         eval_results=_eval_results(results, results_dataset, results_split) if results else None,
@@ -159,7 +195,7 @@ def render_model_card(
     )
     params = count_parameters(model_or_config)
     grid = config.grid_size
-    labels = [config.id2label[i] for i in sorted(config.id2label)] if classifier else []
+    labels = [table_text(config.id2label[i]) for i in sorted(config.id2label)] if classifier else []
     facts = {
         "title": model_id or architecture_name,
         "model_id": model_id or "path/to/model",
@@ -176,12 +212,13 @@ def render_model_card(
         "num_labels": len(labels),
         "labels_preview": ", ".join(labels[:10]) + (f", … ({len(labels)} in all)" if len(labels) > 10 else ""),
         "results": [
-            {"dataset": results_dataset, "split": results_split, "metric": k, "value": f"{v:.4g}"}
+            {"dataset": table_text(results_dataset), "split": table_text(results_split), "metric": table_text(k)}
+            | {"value": f"{v:.4g}"}
             for k, v in results.items()
         ],
         "source": source.strip(),
         "changes": list(changes or []),
-        "datasets": datasets,
+        "datasets": [public_dataset_name(name) for name in datasets],
         "base_model": base_model,
         **{k: getattr(config, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers")},
         **{k: getattr(config, k) for k in ("num_attention_heads", "num_channels", "classifier")},

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from ..hub import push_model
-from ..model_card import HUB_ID
+from ..model_card import is_repo_id
 from .common import (
     ConversionError,
     Converted,
@@ -78,7 +78,7 @@ def convert_checkpoint(
     folder is complete and stays by then.
     """
     output = check_output(output)
-    if base_model is not None and not HUB_ID.fullmatch(base_model):
+    if base_model is not None and not is_repo_id(base_model):
         raise ConversionError(
             f"base_model must be a Hub repo id such as google/vit-base-patch16-224, got {base_model!r}."
         )

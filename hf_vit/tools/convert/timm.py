@@ -5,6 +5,7 @@ it comes from `num_heads`, a preset, or the paper's width table (192 → 3, 384 
 timm's own numerics are carried: exact GELU, LayerNorm eps 1e-6, bicubic position-embedding resize.
 """
 
+import codecs
 import os
 import pickle
 import re
@@ -34,7 +35,47 @@ from .common import (
 BLOCK = re.compile(r"^blocks\.(\d+)\.")
 STAGE_UNIT = re.compile(r"^patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.")
 WRAPPERS = ("state_dict", "model", "state_dict_ema", "model_ema")
+# torch.save writes a zip archive; before PyTorch 1.6 it wrote a pickle, whose first byte is the PROTO opcode.
+TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")
+UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+WEIGHTS_UNPICKLER_ERROR = re.compile(r"WeightsUnpickler error:\s*(.+)")
 HEADS_BY_WIDTH = {widths["hidden_size"]: widths["num_attention_heads"] for widths in WIDTHS.values()}
+
+
+def _not_loadable(path: Path, error: Exception) -> ConversionError:
+    """Why a .pth/.bin did not load, in a line: torch's own message advises `weights_only=False`, which would run the
+    file's code, whatever the file is."""
+    with path.open("rb") as file:
+        head = file.read(512)
+    if not head:
+        return ConversionError(f"{path} is empty, not a PyTorch checkpoint.")
+    if not head.startswith(TORCH_SAVE_MAGIC):
+        return ConversionError(
+            f"{path} is not a PyTorch checkpoint: it is {'a text file' if _is_text(head) else 'binary data'}, not the "
+            "zip archive that torch.save writes (nor the pickle it wrote before PyTorch 1.6)."
+        )
+    message = str(error)
+    if unsupported := UNSUPPORTED_GLOBAL.search(message):
+        return ConversionError(
+            f"{path} holds {unsupported.group(1)} objects besides tensors, and hf_vit loads .pth and .bin files with "
+            "weights_only=True, which never unpickles such objects: save the state dict alone, or as .safetensors."
+        )
+    if refusal := WEIGHTS_UNPICKLER_ERROR.search(message):
+        return ConversionError(
+            f"{path} is a pickle that torch.load cannot read with weights_only=True ({refusal.group(1).strip()}), "
+            "and hf_vit unpickles nothing else: save the state dict with torch.save, or as .safetensors."
+        )
+    reason = re.split(r"(?<=\.)\s", message.strip())[0].rstrip(".") or type(error).__name__
+    return ConversionError(f"{path} is a damaged or truncated PyTorch checkpoint ({reason}).")
+
+
+def _is_text(head: bytes) -> bool:
+    """Whether the first bytes of a file read as UTF-8 text (a character cut at the end of `head` is fine)."""
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return bool(text.strip()) and all(character.isprintable() or character.isspace() for character in text)
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -53,10 +94,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConversionError(
-            f"{path} is not a PyTorch checkpoint that loads with weights_only=True ({reason})."
-        ) from None
+        raise _not_loadable(path, error) from None
     while isinstance(data, dict) and any(isinstance(data.get(key), dict) for key in WRAPPERS):
         data = next(data[key] for key in WRAPPERS if isinstance(data.get(key), dict))
     if not isinstance(data, dict) or not data or not all(isinstance(value, torch.Tensor) for value in data.values()):

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..files import file_in_folder
 from .common import LAYER_TENSORS, ConversionError, Converted, KeyReader, make_config, shape_of, to_tensor
 from .timm import load_state_dict
 
@@ -35,12 +36,23 @@ LAYER = re.compile(r"^layers\.(\d+)\.")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
+def _inside(folder: Path, name: str, named_by: str = "") -> Path:
+    """`folder / name` for a file that conversion reads, refused when it lies outside the checkpoint folder."""
+    try:
+        return file_in_folder(folder, name)
+    except ValueError as error:
+        raise ConversionError(f"{named_by}{error}; conversion reads only files inside the checkpoint folder.") from None
+
+
 def load_folder(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The config dict and state dict of a saved transformers model (single file, or shards with an index)."""
+    """The config dict and state dict of a saved transformers model (single file, or shards with an index).
+
+    Every file read lies inside the folder: shard names that leave it (`../x`, `/etc/passwd`, a link out) are refused.
+    """
     folder = Path(path)
     if folder.is_file():
         folder = folder.parent
-    config_file = folder / "config.json"
+    config_file = _inside(folder, "config.json")
     if not config_file.is_file():
         raise ConversionError(f"{path} is not a transformers model folder: it has no config.json.")
     try:
@@ -50,19 +62,20 @@ def load_folder(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torc
     if not isinstance(config, dict):
         raise ConversionError(f"{config_file} does not hold a JSON object.")
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index_file = folder / index_name
+        index_file = _inside(folder, index_name)
         if index_file.is_file():
             try:
                 shards = sorted(set(json.loads(index_file.read_text(encoding="utf-8"))["weight_map"].values()))
+                shard_files = [_inside(folder, shard, f"{index_file}: shard ") for shard in shards]
             except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
                 raise ConversionError(f"{index_file} is not a weight index ({error}).") from None
             state: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                state.update(load_state_dict(folder / shard))
+            for shard_file in shard_files:
+                state.update(load_state_dict(shard_file))
             return config, state
     for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return config, load_state_dict(folder / name)
+        if (weights := _inside(folder, name)).is_file():
+            return config, load_state_dict(weights)
     raise ConversionError(f"{folder} has no weights ({', '.join(WEIGHT_FILES)} or a sharded index).")
 
 
