@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -173,3 +174,18 @@ def finetuned(digits_folder, pretrained_folder, tmp_path_factory) -> Path:
     )
     assert code == 0
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(processes: int) -> list[str]:
+    """`accelerate launch` with several processes; on a machine without GPUs they train together on the CPU."""
+    return [
+        *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)),
+        *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"),
+        *("--main_process_port", str(free_port())),
+    ]

@@ -3,12 +3,10 @@ resume across ranks, evaluation over all ranks, crash recovery. Every run assert
 
 import json
 import shutil
-import socket
-import sys
 
 import pytest
 import torch
-from conftest import ROOT, load_script, run_script
+from conftest import ROOT, launch, load_script, run_script, run_without_hf_vit
 from safetensors.torch import load_file
 
 TINY = [
@@ -24,21 +22,6 @@ TINY = [
 DROPOUT = "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,intermediate_size=64,patch_size=8," + (
     "hidden_dropout_prob=0.1,drop_path_rate=0.1"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launch(processes: int) -> list[str]:
-    """`accelerate launch` with several processes; on a machine without GPUs they train together on the CPU."""
-    return [
-        *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)),
-        *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"),
-        *("--main_process_port", str(free_port())),
-    ]
 
 
 def pretrain(processes: int, *args: str, check: bool = True, script: str = "pretrain"):
@@ -146,3 +129,27 @@ def test_fsdp_is_refused_where_accelerate_cannot_shard(digits_folder, tmp_path):
     run = pretrain(2, *TINY, "--dataset", str(digits_folder), "--fsdp", "--output-dir", str(tmp_path), check=False)
     assert run.returncode == 1
     assert "--fsdp needs several processes on GPUs" in run.stderr and "MULTI_CPU with 2 process(es)" in run.stderr
+
+
+def test_fsdp2_shards_trains_resumes_and_consolidates_our_model_on_the_cpu(tmp_path):
+    """What Accelerate's FSDP2 plugin does on GPUs, done with torch's `fully_shard` on the CPU (Accelerate itself
+    refuses FSDP without GPUs): sharded training equals unsharded, a sharded checkpoint resumes exactly, and the
+    consolidated folder loads with AutoModelForImageClassification in a process without hf_vit."""
+    run_script(str(ROOT / "tests" / "probes" / "fsdp_shard.py"), str(tmp_path), launcher=launch(2))
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["world_size"] == 2 and record["local_rows"] * 2 == record["rows"] == 64  # half of fc1 each
+    assert record["max_diff_vs_unsharded"] < 1e-5
+    assert record["max_diff_resumed"] == 0.0
+    expected = torch.load(tmp_path / "logits.pt")
+    result = run_without_hf_vit(
+        f"""
+        import json, torch
+        from transformers import AutoModelForImageClassification
+        model = AutoModelForImageClassification.from_pretrained({str(tmp_path / "consolidated")!r},
+                                                                trust_remote_code=True).eval()
+        pixels = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+        print(json.dumps(model(pixels).logits.tolist()))
+        """,
+        cwd=tmp_path,
+    )
+    torch.testing.assert_close(torch.tensor(result), expected, rtol=0, atol=1e-5)

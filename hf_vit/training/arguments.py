@@ -51,7 +51,7 @@ RULES: dict[str, tuple[str, Any]] = {
     "num_workers": ("a non-negative integer", lambda v: v >= 0),
     "warmup_steps": ("a non-negative integer", lambda v: v >= 0),
     "epochs": ("a positive number", _finite_at_least(0, inclusive=False)),
-    "learning_rate": ("a positive finite number", _finite_at_least(0, inclusive=False)),
+    "learning_rate": ("a positive number below 3.4e38 (the largest float32)", lambda v: 0 < v < 3.4e38),
     "weight_decay": ("a non-negative finite number", _finite_at_least(0)),
     "grad_clip": ("a non-negative finite number (0 turns clipping off)", _finite_at_least(0)),
     "mixup": ("a non-negative finite number (0 turns mixup off)", _finite_at_least(0)),

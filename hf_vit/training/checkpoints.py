@@ -3,13 +3,15 @@
 A checkpoint is written by every process into a hidden staging folder; only when all of them are done does the main
 process add the run's state file and rename the folder into place. `latest` therefore only ever finds complete
 checkpoints. The final model folder is written aside too and moved in file by file, `config.json` last, so a crash
-leaves either the previous folder's model or none, never a truncated one that loads.
+leaves no loadable model rather than a truncated one that looks complete.
 """
 
+import errno
 import json
 import os
 import shutil
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import torch
 
 STATE_FILE = "trainer_state.json"
 PREFIX = "checkpoint-"
+LOW_SPACE = 16 * 2**20  # a write that fails with less free than this is taken for a full disk
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
@@ -46,6 +49,27 @@ def resolve_checkpoint(value: str, output_dir: Path) -> Path:
     return path
 
 
+@contextmanager
+def disk_full_as_oserror(folder: Path, what: str):
+    """Turn the many shapes of a full disk (torch.save's RuntimeError, safetensors' errors) into one OSError.
+
+    Anything written so far under `folder` is removed: it is incomplete, and the space is better given back.
+    """
+    try:
+        yield
+    except Exception as error:
+        full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error)
+        free = shutil.disk_usage(folder.parent if not folder.exists() else folder).free
+        if not full and free >= LOW_SPACE:
+            raise
+        shutil.rmtree(folder, ignore_errors=True)
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left on device while writing {what} ({free / 2**20:.1f} MiB free in {folder.parent}); the "
+            "earlier checkpoints are intact: free space, then continue with --resume-from-checkpoint latest",
+        ) from None
+
+
 def non_finite_parameters(model: torch.nn.Module) -> list[str]:
     """Names of the parameters that hold a NaN or an infinity (one host sync when all are finite)."""
     named = list(model.named_parameters())
@@ -67,10 +91,12 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict[str, A
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()  # every process has written its shard and RNG state before the rename
+    with disk_full_as_oserror(staging, f"checkpoint {step}"):
+        accelerator.save_state(str(staging))
+        accelerator.wait_for_everyone()  # every process has written its shard and RNG state before the rename
+        if accelerator.is_main_process:
+            (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
     if accelerator.is_main_process:
-        (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)
         for old in checkpoints(Path(output_dir))[:-keep]:
@@ -100,17 +126,24 @@ def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:
     return state
 
 
-def write_folder_atomically(output_dir: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(folder)` on a staging folder, then move its files into `output_dir`, `config.json` last.
+STAGING_FINAL = ".tmp-final"
+
+
+def staging_folder(output_dir: Path) -> Path:
+    """An empty hidden folder inside `output_dir` where a final model is written before it is moved into place."""
+    staging = Path(output_dir) / STAGING_FINAL
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def move_into_place(staging: Path, output_dir: Path) -> None:
+    """Move the files written in `staging` into `output_dir`, `config.json` last, after syncing them to disk.
 
     A previous model's config.json is removed first: until the new one is in place the folder holds no loadable
     model rather than a mix of two.
     """
     output_dir = Path(output_dir)
-    staging = output_dir / ".tmp-final"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    write(staging)
     for path in staging.iterdir():
         with open(path, "rb") as file:
             os.fsync(file.fileno())
@@ -119,3 +152,11 @@ def write_folder_atomically(output_dir: Path, write: Callable[[Path], None]) -> 
     for name in sorted(names, key=lambda name: name == "config.json"):
         os.replace(staging / name, output_dir / name)
     staging.rmdir()
+
+
+def write_folder_atomically(output_dir: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(folder)` on a staging folder, then move its files into `output_dir` (see `move_into_place`)."""
+    staging = staging_folder(output_dir)
+    with disk_full_as_oserror(staging, "the final model"):
+        write(staging)
+        move_into_place(staging, output_dir)

@@ -95,7 +95,8 @@ def _pick(columns: Iterable[str], wanted: str | None, candidates: tuple[str, ...
     for name in candidates:
         if name in columns:
             return name
-    raise ValueError(f"No {what} column found among {columns}; pass --{what}-column.")
+    hint = " (an image folder needs one subfolder per class, at least two)" if what == "label" else ""
+    raise ValueError(f"No {what} column found among {columns}{hint}; or name it with --{what}-column.")
 
 
 def _columns(dataset, args: DataArguments) -> tuple[str, str, list[str]]:
@@ -110,6 +111,14 @@ def _columns(dataset, args: DataArguments) -> tuple[str, str, list[str]]:
             f"Label column {label_column!r} is not a class label (it is {label_feature}); choose a ClassLabel "
             f"column with --label-column from {columns}."
         )
+    if len(names) < 2:
+        raise ValueError(f"The dataset has {len(names)} class ({names}): a classifier needs at least two.")
+    if hasattr(dataset, "__len__"):  # a map-style dataset (a stream is checked sample by sample)
+        missing = sum(label is None for label in dataset[label_column])
+        if missing:
+            raise ValueError(
+                f"Label column {label_column!r} has {missing} missing value(s); remove those rows or label them."
+            )
     return image_column, label_column, list(names)
 
 
@@ -176,6 +185,10 @@ def decode_image(value: Any) -> Image.Image | None:
         else:
             return None
         image.load()
+        if image.mode.startswith("I"):  # 16- or 32-bit integer grey: scale to 8 bits, `convert` would saturate
+            depth = 16 if image.mode.startswith("I;16") or np.asarray(image).max() < 2**16 else 32
+            pixels = np.asarray(image).astype(np.float64) * 255 / (2**depth - 1)
+            image = Image.fromarray(pixels.round().astype(np.uint8), mode="L")
         return image.convert("RGB")
     except Exception:  # noqa: BLE001 - any decoding failure means: skip this sample
         return None
@@ -226,6 +239,8 @@ class StreamedImages(torch.utils.data.IterableDataset):
 
 
 def prepare_sample(sample: dict, transform: Callable, image_column: str, label_column: str):
+    if sample[label_column] is None:
+        raise ValueError(f"A sample has no {label_column!r} (a missing label); remove it from the dataset.")
     image = decode_image(sample[image_column])
     return (None if image is None else transform(image)), int(sample[label_column])
 

@@ -7,6 +7,7 @@ batch 512 (reached by gradient accumulation).
 """
 
 import copy
+import json
 import math
 import os
 from pathlib import Path
@@ -22,11 +23,21 @@ from ..models.processing import create_image_processor
 from ..tools.model_card import hub_id, render_model_card, weight_changes
 from ..transfer import replace_head, resize_to
 from .arguments import FinetuningArguments
-from .augmentation import build_transforms
+from .augmentation import ProcessorTransform, build_transforms
+from .checkpoints import (
+    STAGING_FINAL,
+    disk_full_as_oserror,
+    move_into_place,
+    non_finite_parameters,
+    resolve_checkpoint,
+    staging_folder,
+)
 from .data import Collate, ImageSamples, StreamedImages, dataset_title, load_image_data
-from .evaluation import TOP_K, ProcessorTransform, classification_metrics
+from .metrics import TOP_K, classification_metrics
 from .optimization import warmup_length
 from .run import cpu_only_processes, default_interval, prepare_output_dir
+from .stops import StopRequests
+from .trainer import FinetuningTrainer, StopOnNonFinite, StopOnSignal, any_process, diverged
 
 
 def prepare_for_finetuning(
@@ -142,6 +153,7 @@ def training_arguments(args: FinetuningArguments) -> TrainingArguments:
         save_steps=args.save_every or interval,
         save_total_limit=args.save_total_limit,
         seed=args.seed,
+        logging_nan_inf_filter=False,  # a NaN loss must reach StopOnNonFinite, not be averaged away
         report_to=args.report_to,
         dataloader_num_workers=args.num_workers,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -157,7 +169,7 @@ def finetune(args: FinetuningArguments | None = None, /, **fields: Any) -> dict[
     unset fields come from the recipe. The output folder gets the model with its code, processor and card.
     Publishing is a separate step (`hf_vit.tools.hub.push_model` on the output folder).
     """
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
 
     args = args or FinetuningArguments(**fields)
     if args.mixup:
@@ -185,34 +197,45 @@ def finetune(args: FinetuningArguments | None = None, /, **fields: Any) -> dict[
     else:
         train = ImageSamples(data.train, train_transform, *columns, seed=args.seed)
         evaluation = ImageSamples(data.eval, ProcessorTransform(processor), *columns)
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(args),
-        train_dataset=train,
-        eval_dataset=evaluation,
-        data_collator=TrainerCollate(fixed_size=True),
-        processing_class=processor,
-        compute_metrics=ComputeMetrics(len(names)),
-        preprocess_logits_for_metrics=top_k_indices,
-        callbacks=[EpochAugmentation(train)],
-    )
-    resume = args.resume_from_checkpoint
-    trained = trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
+    with StopRequests() as requests:
+        stop_on_signal = StopOnSignal(requests)
+        trainer = FinetuningTrainer(
+            model=model,
+            args=training_arguments(args),
+            train_dataset=train,
+            eval_dataset=evaluation,
+            data_collator=TrainerCollate(fixed_size=True),
+            processing_class=processor,
+            compute_metrics=ComputeMetrics(len(names)),
+            preprocess_logits_for_metrics=top_k_indices,
+            callbacks=[EpochAugmentation(train), StopOnNonFinite(), stop_on_signal],
+        )
+        resume = args.resume_from_checkpoint
+        if resume:
+            resume = str(resolve_checkpoint(resume, Path(args.output_dir)))
+        trained = trainer.train(resume_from_checkpoint=resume)
+    stop_on_signal.raise_if_interrupted(args.output_dir, trainer.state.global_step)
+    if any_process(bool(non_finite_parameters(trainer.model))):
+        raise diverged(args.output_dir, "weights", trainer.state.global_step)
     trained.metrics["train_steps"] = trainer.state.global_step
     trained.metrics["world_size"] = trainer.args.world_size
     trained.metrics["total_train_batch_size"] = (
         trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size
     )
-    trainer.save_model()
     trainer.log_metrics("train", trained.metrics)
-    trainer.save_metrics("train", trained.metrics)
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
     results = {**trained.metrics, **metrics}
+    staging = Path(args.output_dir) / STAGING_FINAL
     if trainer.is_world_process_zero():
-        card = finetuning_card(args, trainer.args, model, results, data.eval_split, changes)
-        card.save(Path(args.output_dir) / "README.md")
+        staging_folder(Path(args.output_dir))
+    with disk_full_as_oserror(staging, "the final model"):
+        trainer.save_model(str(staging))
+        if trainer.is_world_process_zero():
+            (staging / "all_results.json").write_text(json.dumps(results, indent=2))
+            finetuning_card(args, trainer.args, model, results, data.eval_split, changes).save(staging / "README.md")
+            move_into_place(staging, Path(args.output_dir))
+    trainer.accelerator.wait_for_everyone()
     return results
 
 

@@ -83,58 +83,20 @@ class PretrainingLoop:
         count = accelerator.num_processes
         how = f"{count} processes ({accelerator.distributed_type.value})" if count > 1 else "1 process"
         self.print(f"Training on {device.type} with {how}.")
-        running = torch.zeros((), device=device)
-        finite = torch.ones((), dtype=torch.bool, device=device)
-        running_count = 0
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not accelerator.is_main_process, desc="train")
+        self.running = torch.zeros((), device=device)  # the loss summed since it was last logged
+        self.running_count = 0
+        self.finite = torch.ones((), dtype=torch.bool, device=device)  # every loss so far was finite
+        self.bar = tqdm(
+            total=self.total_steps, initial=self.step, disable=not accelerator.is_main_process, desc="train"
+        )
         start, start_step = time.perf_counter(), self.step
         self.model.train()
-        with StopRequests() as stop:
-            while self.step < self.total_steps:
-                self.train_loader.set_epoch(self.epoch)
-                loader = self.train_loader
-                if self.batches_done:
-                    loader = accelerator.skip_first_batches(self.train_loader, self.batches_done)
-                seen = 0
-                for batch in loader:
-                    seen += 1
-                    self.batches_done += 1
-                    self.skipped += batch.pop("skipped")
-                    if batch["pixel_values"].numel() == 0:  # not one readable image in the batch
-                        continue
-                    micro_batch = (self.epoch, self.batches_done)
-                    torch.manual_seed(update_seed(args.seed, micro_batch, accelerator.process_index))
-                    with accelerator.accumulate(self.model):
-                        loss = self._loss(batch)
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients and args.grad_clip > 0:
-                            accelerator.clip_grad_norm_(self.model.parameters(), args.grad_clip)
-                        self.optimizer.step()
-                        self.optimizer.zero_grad(set_to_none=True)
-                    finite &= torch.isfinite(loss.detach())
-                    running += loss.detach()
-                    running_count += 1
-                    self.samples += batch["pixel_values"].shape[0] * accelerator.num_processes
-                    if accelerator.sync_gradients:
-                        self.scheduler.step()
-                        self.step += 1
-                        bar.update(1)
-                        if self._after_update(running, running_count, finite, bar):
-                            running.zero_()
-                            running_count = 0
-                        self._stop_if_asked(stop, finite, bar)
-                        if self.step >= self.total_steps:
-                            break
-                else:
-                    if not seen and not self.batches_done:
-                        raise ValueError(
-                            "the training data gave no full batch: it has fewer images than --per-device-batch-size "
-                            f"({args.per_device_batch_size}) × {accelerator.num_processes} processes; lower the batch "
-                            "size."
-                        )
-                    self.epoch += 1
-                    self.batches_done = 0
-        bar.close()
+        try:
+            with StopRequests() as stop:
+                while self.step < self.total_steps:
+                    self._epoch(stop)
+        finally:
+            self.bar.close()  # before any error message, which would otherwise land on the bar's line
         elapsed = time.perf_counter() - start
         metrics = self.evaluate()
         self._log_line({"step": self.step, **metrics})
@@ -148,29 +110,71 @@ class PretrainingLoop:
             "world_size": accelerator.num_processes,
         }
 
-    def _after_update(self, running: torch.Tensor, count: int, finite: torch.Tensor, bar) -> bool:
-        """Log, evaluate and checkpoint on their schedules (the only host syncs); True when the loss was logged."""
+    def _epoch(self, stop: StopRequests) -> None:
+        """The rest of the current epoch, or the updates left in the run, whichever ends first."""
+        accelerator, args = self.accelerator, self.args
+        self.train_loader.set_epoch(self.epoch)
+        loader = self.train_loader
+        if self.batches_done:
+            loader = accelerator.skip_first_batches(self.train_loader, self.batches_done)
+        seen = 0
+        for batch in loader:
+            seen += 1
+            self.batches_done += 1
+            self.skipped += batch.pop("skipped")
+            if batch["pixel_values"].numel() == 0:  # not one readable image in the batch
+                continue
+            torch.manual_seed(update_seed(args.seed, (self.epoch, self.batches_done), accelerator.process_index))
+            with accelerator.accumulate(self.model):
+                loss = self._loss(batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.grad_clip > 0:
+                    accelerator.clip_grad_norm_(self.model.parameters(), args.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.finite &= torch.isfinite(loss.detach())
+            self.running += loss.detach()
+            self.running_count += 1
+            self.samples += batch["pixel_values"].shape[0] * accelerator.num_processes
+            if accelerator.sync_gradients:
+                self.scheduler.step()
+                self.step += 1
+                self.bar.update(1)
+                self._after_update()
+                self._stop_if_asked(stop)
+                if self.step >= self.total_steps:
+                    return
+        if not seen and not self.batches_done:
+            raise ValueError(
+                "the training data gave no full batch: it has fewer images than --per-device-batch-size "
+                f"({args.per_device_batch_size}) × {accelerator.num_processes} processes; lower the batch size."
+            )
+        self.epoch += 1
+        self.batches_done = 0
+
+    def _after_update(self) -> None:
+        """Log, evaluate and checkpoint on their schedules (the only host syncs)."""
         accelerator, args = self.accelerator, self.args
         at_end = self.step >= self.total_steps
-        logged = self.step % args.logging_every == 0 or at_end
-        if logged:
-            self._check_finite(finite)
-            self.train_loss = accelerator.reduce(running, "mean").item() / count
+        if self.step % args.logging_every == 0 or at_end:
+            self._check_finite()
+            self.train_loss = accelerator.reduce(self.running, "mean").item() / self.running_count
+            self.running.zero_()
+            self.running_count = 0
             lr = self.optimizer.param_groups[0]["lr"]
-            bar.set_postfix(loss=f"{self.train_loss:.4f}", lr=f"{lr:.2e}")
+            self.bar.set_postfix(loss=f"{self.train_loss:.4f}", lr=f"{lr:.2e}")
             accelerator.log({"train_loss": self.train_loss, "learning_rate": lr}, step=self.step)
             self._log_line({"step": self.step, "train_loss": self.train_loss, "learning_rate": lr})
         if self.step % self.eval_every == 0 and not at_end:
-            self._check_finite(finite)
+            self._check_finite()
             metrics = self.evaluate()
             accelerator.log(metrics, step=self.step)
             self._log_line({"step": self.step, **metrics})
         if self.step % self.save_every == 0 or at_end:
-            self._check_finite(finite)
+            self._check_finite()
             self.save_checkpoint()
-        return logged
 
-    def _stop_if_asked(self, stop: StopRequests, finite: torch.Tensor, bar) -> None:
+    def _stop_if_asked(self, stop: StopRequests) -> None:
         """On SIGTERM/SIGINT (on any process), checkpoint this update and stop."""
         asked = stop.received is not None
         if self.accelerator.num_processes > 1:
@@ -178,18 +182,17 @@ class PretrainingLoop:
             asked = bool(self.accelerator.reduce(flag, "max").item())
         if not asked:
             return
-        self._check_finite(finite)
+        self._check_finite()
         path = checkpoints(self.output_dir)[-1:] if self.step % self.save_every == 0 else [self.save_checkpoint()]
-        bar.close()
         raise TrainingInterrupted(
             f"stopped by {stop.received or 'a signal to another process'} after update {self.step}; the checkpoint "
             f"is {path[0]}: continue with --resume-from-checkpoint latest."
         )
 
-    def _check_finite(self, finite: torch.Tensor) -> None:
+    def _check_finite(self) -> None:
         """Stop when the loss or the weights (this process's shard of them) went non-finite on any process."""
         bad = non_finite_parameters(self.accelerator.unwrap_model(self.model))
-        flags = torch.stack([finite.float(), torch.tensor(float(not bad), device=finite.device)])
+        flags = torch.stack([self.finite.float(), torch.tensor(float(not bad), device=self.finite.device)])
         loss_ok, weights_ok = (bool(flag) for flag in self.accelerator.reduce(flags, "min").tolist())
         if loss_ok and weights_ok:
             return

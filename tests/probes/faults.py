@@ -4,6 +4,7 @@ usage: faults.py MOMENT SCRIPT [ARGS...], MOMENT one of
   update:N       pre-training, right after update N (before any checkpoint of it)
   checkpoint:N   pre-training, while checkpoint N is being written (this process's state is in the staging folder)
   final          pre-training and fine-tuning, while the final model is moved into the output folder
+  trainer-step:N         fine-tuning, in the step after update N
   trainer-checkpoint:N   fine-tuning, while the Trainer writes checkpoint N
 HF_VIT_KILL_RANK (default 0) picks the process that dies; the others are ended by their launcher.
 """
@@ -59,6 +60,17 @@ elif kind == "final":
             die()  # after the first file of the final folder is moved in
 
     checkpoints.os.replace = _replace
+elif kind == "trainer-step":
+    import transformers
+
+    training_step = transformers.Trainer.training_step
+
+    def _training_step(self, *args, **kwargs):
+        if self.state.global_step == int(number) and this_rank():
+            die()
+        return training_step(self, *args, **kwargs)
+
+    transformers.Trainer.training_step = _training_step
 elif kind == "trainer-checkpoint":
     import transformers
 
