@@ -69,7 +69,6 @@ class VisionTransformerEmbeddings(nn.Module):
 
     def __init__(self, config: VisionTransformerConfig, patch_embeddings: nn.Module, use_mask_token: bool = False):
         super().__init__()
-        self.config = config
         # The geometry, read once: config properties are slow to query on every forward.
         self.num_channels = config.num_channels
         self.image_size = to_pair(config.image_size)

@@ -22,9 +22,9 @@ from ..models.presets import PRESETS
 
 TEMPLATES = Path(__file__).parent / "model_cards"
 TAGS = ["vision-transformer", "image-classification", "hf_vit", "custom_code"]
-# Preset fields that are not architecture: a fine-tuned ViT-B/16 at 384 px with 10 classes is still "ViT-B/16".
 ACTIVATIONS = {"gelu": "exact GELU", "gelu_pytorch_tanh": "GELU (tanh approximation, as the official JAX models)"}
 RESIZES = {"official": "bilinearly with aligned corners (the official code)", "bicubic": "bicubically (as timm)"}
+# Preset fields that are not architecture: a fine-tuned ViT-B/16 at 384 px with 10 classes is still "ViT-B/16".
 NOT_ARCHITECTURE = {"num_labels", "image_size", "hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"}
 # What a card says instead of a dataset's local path, which would publish the layout of the machine it was trained on.
 LOCAL_DATASET = "local dataset"
