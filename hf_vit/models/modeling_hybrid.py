@@ -111,25 +111,31 @@ class HybridVisionTransformerModel(HybridVisionTransformerPreTrainedModel, Visio
         indices: int | Sequence[int] | None = None,
         *,
         resnet_indices: int | Sequence[int] = (),
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> IntermediateFeatures:
         r"""`VisionTransformerModel.forward_intermediates`, and ResNet maps as features too (`resnet_features`).
 
         `resnet_indices` picks them as `indices` picks tokens: 0 is the stem (stride 4), i the output of stage i,
         negative ones count from the end, an int n takes the last n stages. The whole ResNet always runs.
         """
-        take = feature_indices(resnet_indices, len(self.config.resnet_layers) + 1, "resnet_indices")
-        asked = kwargs.pop(
-            "output_backbone_hidden_states", kwargs.get("output_hidden_states", self.config.output_hidden_states)
-        )
-        output = super().forward_intermediates(
-            pixel_values, indices, output_backbone_hidden_states=asked or bool(take), **kwargs
-        )
-        if not take:
-            return output
-        maps = output.backbone_hidden_states
-        resnet_features = tuple(maps[index] for index in take)
-        return replace(output, resnet_features=resnet_features, backbone_hidden_states=maps if asked else None)
+        resnet = self.embeddings.patch_embeddings.backbone
+        units = [resnet.stem, *resnet.stages]
+        take = feature_indices(resnet_indices, len(units), "resnet_indices")
+        if kwargs.get("output_hidden_states", self.config.output_hidden_states):
+            kwargs.setdefault("output_backbone_hidden_states", True)
+        # Hooks for this call only: the output-capturing hooks can be installed twice when a model that captures
+        # outputs itself (DPT) holds the backbone, and would then return every map twice.
+        maps: dict[int, torch.Tensor] = {}
+        hooks = [
+            units[index].register_forward_hook(lambda _, __, output, index=index: maps.__setitem__(index, output))
+            for index in set(take)
+        ]
+        try:
+            output = super().forward_intermediates(pixel_values, indices, **kwargs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return replace(output, resnet_features=tuple(maps[index] for index in take)) if take else output
 
 
 HybridVisionTransformerPreTrainedModel.encoder_class = HybridVisionTransformerModel
