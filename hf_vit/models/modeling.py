@@ -21,10 +21,10 @@ from transformers.modeling_outputs import (
     MaskedLMOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
+from typing_extensions import Unpack
 
 from .configuration import VisionTransformerConfig, to_pair
 from .pos_embed import resize_pos_embed

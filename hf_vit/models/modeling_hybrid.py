@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput, MaskedLMOutput
-from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from transformers.utils.output_capturing import OutputRecorder
+from typing_extensions import Unpack
 
 from .configuration import HybridVisionTransformerConfig, to_pair
 from .modeling import (
