@@ -89,6 +89,7 @@ def test_every_auto_class_loads_classifier_and_encoder_folders_without_hf_vit(hu
         from safetensors.torch import save_file
         from transformers import (AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification,
                                   AutoModelForMaskedImageModeling, pipeline)
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
         report = io.StringIO()
         logging.getLogger("transformers").addHandler(logging.StreamHandler(report))
@@ -109,9 +110,15 @@ def test_every_auto_class_loads_classifier_and_encoder_folders_without_hf_vit(hu
                     prefix = "vit." if auto_name == "AutoModel" else ""
                     state = {{prefix + key: value.contiguous() for key, value in model.state_dict().items()}}
                     save_file(state, f"{{name}}-{{auto_name}}.safetensors")
+            # The way around AutoBackbone for a local folder: its backbone class from its own code.
+            backbone_class = get_class_from_dynamic_module(loaded["AutoConfig"].auto_map["AutoBackbone"], name)
+            from_folder = backbone_class.from_pretrained(name, out_features=["stage1", "stage2"])
+            x = torch.randn(1, 3, 64, 64)
             with torch.no_grad():
-                maps = loaded["AutoBackbone"](torch.zeros(1, 3, 64, 64)).feature_maps
+                maps = loaded["AutoBackbone"](x).feature_maps
+                same = all(torch.equal(a, b) for a, b in zip(from_folder(x).feature_maps, maps, strict=True))
             out[f"{{name}} feature maps"] = [list(m.shape) for m in maps]
+            out[f"{{name}} folder backbone"] = [same, type(from_folder).__module__]
             extract = pipeline("image-feature-extraction", model=name, trust_remote_code=True)
             out[f"{{name}} features"] = extract("photo.jpg")
         out["report"] = report.getvalue()
@@ -140,6 +147,8 @@ def test_every_auto_class_loads_classifier_and_encoder_folders_without_hf_vit(hu
         assert result[f"{name} AutoModelForMaskedImageModeling missing"] == masked_head
         assert result[f"{name} AutoModel missing"] == []
         assert result[f"{name} feature maps"] == [[1, 32, 8, 8]] * 2  # 64 px: patches of 8, or ResNet stride 8
+        same, module = result[f"{name} folder backbone"]
+        assert same and "hf_vit" not in module
 
         encoder = model.vit if kind == "classifier" else model
         with Image.open(tmp_path / "photo.jpg") as saved:  # the JPEG the pipeline read, not the photo in memory

@@ -160,6 +160,22 @@ def test_upernet_on_our_backbones(backbone_config, tmp_path):
     check_trains_checkpoints_and_round_trips(model, x, lambda model: model(x, labels=labels).loss, tmp_path)
 
 
+def test_upernet_starts_from_a_saved_model_as_the_readme_shows(tmp_path):
+    torch.manual_seed(0)
+    hf_vit.VisionTransformerForImageClassification(hf_vit.VisionTransformerConfig(**DEEP)).save_pretrained(tmp_path)
+    backbone = hf_vit.VisionTransformerBackbone.from_pretrained(tmp_path, out_indices=[1, 2, 3, 4]).eval()
+    config = UperNetConfig(
+        backbone_config=backbone.config, hidden_size=16, auxiliary_channels=8, num_labels=3, pool_scales=[1, 2]
+    )
+    model = UperNetForSemanticSegmentation(config).eval()
+    model.backbone.load_state_dict(backbone.state_dict())
+    model.backbone.gradient_checkpointing_enable()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        pairs = zip(model.backbone(x).feature_maps, backbone(x).feature_maps, strict=True)
+        assert all(torch.equal(a, b) for a, b in pairs)
+
+
 def test_dpt_depth_estimation_on_the_vit_backbone(tmp_path):
     backbone_config = hf_vit.VisionTransformerConfig(**DEEP, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
     config = DPTConfig(backbone_config=backbone_config, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16)
