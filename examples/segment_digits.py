@@ -1,10 +1,13 @@
 """Semantic segmentation on real handwritten digits: hf_vit's ViT as the backbone of transformers' UperNet.
 
-Every image is a 64×64 canvas with one to three of scikit-learn's 8×8 digits, upscaled to 16 or 24 px, pasted at
+Every image is a 64×64 canvas with one to three of scikit-learn's 8×8 digits, upscaled to 24 or 32 px, pasted at
 random places; every pixel is labelled with its digit (classes 1-10) or as background (0). Training and held-out
-canvases use different digit images. A small ViT (4-pixel patches: a 16×16 token grid, four blocks) feeds four of its
-layers to UperNet through `VisionTransformerBackbone`; the script prints the loss and the held-out mean IoU next to
+canvases use different digit images. A small ViT (8-pixel patches: an 8×8 token grid, four blocks) feeds its four
+blocks to UperNet through `VisionTransformerBackbone`; the script prints the loss and the held-out mean IoU next to
 what predicting background everywhere scores, and can draw predictions (`--figure`, needs matplotlib).
+
+Background outnumbers digit pixels about 7 to 1, so its pixels weigh `BACKGROUND_WEIGHT` in the cross-entropy: with
+UperNet's own unweighted loss the model settled on background everywhere (held-out mean IoU 0.084 after 400 steps).
 
     python examples/segment_digits.py --figure docs/figures/segment_digits.png
 """
@@ -26,6 +29,8 @@ import hf_vit
 CANVAS = 64
 NUM_CLASSES = 11  # background and the ten digits
 INK = 0.4  # a pixel belongs to a digit where its ink (0-1) is above this
+SCALES = (3, 4)  # digits are upscaled to 24 or 32 px
+BACKGROUND_WEIGHT = 0.2
 
 
 def make_canvases(
@@ -36,7 +41,7 @@ def make_canvases(
     masks = np.zeros((count, CANVAS, CANVAS), dtype=np.int64)
     for canvas, mask in zip(pixels, masks, strict=True):
         for index in rng.choice(len(images), size=rng.integers(1, 4)):
-            side = 8 * int(rng.integers(2, 4))
+            side = 8 * int(rng.choice(SCALES))
             ink = np.asarray(Image.fromarray(images[index] / 16).resize((side, side), Image.BILINEAR))
             top, left = rng.integers(0, CANVAS - side + 1, size=2)
             window = (slice(top, top + side), slice(left, left + side))
@@ -62,7 +67,7 @@ def build_model() -> UperNetForSemanticSegmentation:
         num_attention_heads=4,
         intermediate_size=128,
         image_size=CANVAS,
-        patch_size=4,
+        patch_size=8,
         out_indices=[1, 2, 3, 4],
     )
     config = UperNetConfig(
@@ -82,8 +87,8 @@ def predict(model: UperNetForSemanticSegmentation, pixels: torch.Tensor, batch_s
 
 
 def train(
-    steps: int = 600,
-    batch_size: int = 16,
+    steps: int = 300,
+    batch_size: int = 32,
     learning_rate: float = 2e-3,
     seed: int = 0,
     train_canvases: int = 2000,
@@ -99,10 +104,13 @@ def train(
     model = build_model().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.05)
     schedule = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=steps // 10, num_training_steps=steps)
+    weights = torch.ones(NUM_CLASSES)
+    weights[0] = BACKGROUND_WEIGHT
     losses, start = [], time.perf_counter()
     for step in range(steps):
         batch = torch.from_numpy(rng.choice(train_canvases, size=batch_size, replace=False))
-        loss = model(train_pixels[batch], labels=train_masks[batch]).loss
+        logits = model(train_pixels[batch]).logits  # upsampled to the canvas
+        loss = torch.nn.functional.cross_entropy(logits, train_masks[batch], weight=weights)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -132,9 +140,10 @@ def draw(pixels: torch.Tensor, masks: torch.Tensor, predicted: torch.Tensor, pat
     from matplotlib import colormaps
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     colours = ListedColormap(np.vstack([[0, 0, 0, 1], colormaps["tab10"](np.arange(10))]))
-    figure = Figure(figsize=(1.6 * count, 5.0), dpi=80, layout="constrained")
+    figure = Figure(figsize=(1.6 * count, 5.3), dpi=80, layout="constrained")
     axes = figure.subplots(3, count)
     rows = [
         ("canvas", pixels[:, 0], "gray", -1, 1),
@@ -147,14 +156,16 @@ def draw(pixels: torch.Tensor, masks: torch.Tensor, predicted: torch.Tensor, pat
             ax.set_xticks([])
             ax.set_yticks([])
         row[0].set_ylabel(title)
-    figure.suptitle("digit (colour) or background (black), per pixel")
+    key = [Patch(color=colours(digit + 1), label=str(digit)) for digit in range(10)]
+    figure.legend(handles=key, loc="outside lower center", ncols=10, frameon=False, handlelength=1, columnspacing=1)
+    figure.suptitle("each pixel's digit (colour) or background (black)")
     figure.savefig(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--figure", help="write a PNG of held-out canvases, labels and predictions here")
