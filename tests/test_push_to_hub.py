@@ -75,6 +75,7 @@ def test_push_to_hub_writes_our_card_and_the_pulled_model_classifies_without_hf_
         np.testing.assert_allclose([p["score"] for p in predictions], probs.sort(descending=True).values, atol=1e-5)
     assert result["org/std-hybrid"]["data"]["tags"][4:] == ["hybrid", "resnet"]
     assert "ResNet+ViT hybrid" in result["org/std-hybrid"]["text"]
+    assert not hub.unrouted, f"the client used endpoints the test Hub lacks: {hub.unrouted}"
 
 
 def test_push_to_hub_keeps_a_card_already_on_the_hub_unless_given_one(hub, tmp_path, caplog):
@@ -96,3 +97,4 @@ def test_push_to_hub_keeps_a_card_already_on_the_hub_unless_given_one(hub, tmp_p
     model.push_to_hub("org/own-card", source="Fine-tuned on shapes in a test.", datasets=["org/shapes"])
     replaced = ModelCard.load("org/own-card")
     assert "Fine-tuned on shapes in a test." in replaced.text and replaced.data.datasets == ["org/shapes"]
+    assert not hub.unrouted, f"the client used endpoints the test Hub lacks: {hub.unrouted}"
