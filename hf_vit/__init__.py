@@ -12,11 +12,13 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "models": [
+        "HybridVisionTransformerBackbone",
         "HybridVisionTransformerConfig",
         "HybridVisionTransformerForImageClassification",
         "HybridVisionTransformerForMaskedPatchPrediction",
         "HybridVisionTransformerModel",
         "HybridVisionTransformerPreTrainedModel",
+        "VisionTransformerBackbone",
         "VisionTransformerConfig",
         "VisionTransformerForImageClassification",
         "VisionTransformerForMaskedPatchPrediction",
@@ -29,6 +31,7 @@ _EXPORTS = {
         "resize_pos_embed",
     ],
     "loading": ["load_model", "load_image_processor"],
+    "tools.hub": ["push_model"],
     "training.arguments": [
         "EvaluationArguments",
         "FewshotArguments",

@@ -196,6 +196,23 @@ def test_masked_patch_prediction_runs_on_the_hybrid():
     out.loss.backward()
 
 
+def test_task_models_return_the_resnet_maps_as_the_encoder_does():
+    classifier = tiny_hybrid()
+    masked = hf_vit.HybridVisionTransformerForMaskedPatchPrediction(classifier.config)
+    masked.vit.load_state_dict(classifier.vit.state_dict(), strict=False)  # all but the mask token
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        encoder = classifier.vit(x, output_hidden_states=True).backbone_hidden_states
+        classified = classifier(x, output_hidden_states=True)
+        corrupted = masked(x, output_hidden_states=True)
+        quiet = classifier(x)
+    assert type(classified).__name__ == "HybridImageClassifierOutput" and quiet.backbone_hidden_states is None
+    assert len(encoder) == 3
+    assert all(torch.equal(a, b) for a, b in zip(classified.backbone_hidden_states, encoder, strict=True))
+    # The ResNet sees the clean image: corruption replaces token embeddings after it.
+    assert all(torch.equal(a, b) for a, b in zip(corrupted.backbone_hidden_states, encoder, strict=True))
+
+
 def test_tiny_hybrid_round_trips_through_remote_code(tmp_path):
     folder = tmp_path / "hybrid"
     model = tiny_hybrid(seed=2)

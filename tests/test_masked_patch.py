@@ -80,3 +80,19 @@ def test_trains_a_few_steps():
         losses.append(loss.item())
     assert abs(losses[0] - np.log(512)) < 1e-4  # the zero head predicts uniformly
     assert np.mean(losses[-3:]) < losses[0] - 0.5
+
+
+def test_a_seeded_generator_gives_the_same_corruption_every_call():
+    torch.manual_seed(0)
+    model = hf_vit.VisionTransformerForMaskedPatchPrediction(hf_vit.VisionTransformerConfig(**TINY)).eval()
+    torch.nn.init.normal_(model.head.weight)
+    pixels = torch.rand(4, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        first = model(pixels, generator=torch.Generator().manual_seed(7))
+        again = model(pixels, generator=torch.Generator().manual_seed(7))
+        other = model(pixels, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(first.logits, again.logits) and first.loss == again.loss
+    assert not torch.equal(first.logits, other.logits)
+    predicted, masked, sources = model.corrupt(4, 16, torch.device("cpu"), torch.Generator().manual_seed(7))
+    expected = model.corrupt(4, 16, torch.device("cpu"), torch.Generator().manual_seed(7))
+    assert all(torch.equal(a, b) for a, b in zip((predicted, masked, sources), expected, strict=True))

@@ -1,9 +1,13 @@
 """Behaviour of the ViT models: attention backends, outputs, resolution, training features, errors."""
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
 from conftest import TINY, randomize_head
+from transformers.utils import TransformersKwargs
+from typing_extensions import Unpack
 
 import hf_vit
 from hf_vit import VisionTransformerConfig, VisionTransformerForImageClassification, VisionTransformerModel
@@ -207,3 +211,22 @@ def test_save_and_load_in_process(tmp_path):
     torch.testing.assert_close(reloaded(pixels()).logits, model(pixels()).logits)
     base = AutoModel.from_pretrained(tmp_path)
     assert type(base) is VisionTransformerModel
+
+
+@pytest.mark.parametrize(
+    "model_class",
+    [
+        hf_vit.VisionTransformerModel,
+        hf_vit.VisionTransformerForImageClassification,
+        hf_vit.VisionTransformerForMaskedPatchPrediction,
+        hf_vit.VisionTransformerBackbone,
+        hf_vit.HybridVisionTransformerModel,
+        hf_vit.HybridVisionTransformerBackbone,
+    ],
+)
+def test_forwards_declare_transformers_kwargs(model_class):
+    """`**kwargs: Unpack[TransformersKwargs]` tells transformers' tooling that hidden states and attentions return."""
+    for method in ("forward", "forward_intermediates"):
+        if hasattr(model_class, method):
+            kwargs = inspect.signature(getattr(model_class, method)).parameters["kwargs"]
+            assert kwargs.annotation == Unpack[TransformersKwargs], (model_class.__name__, method)

@@ -6,10 +6,11 @@ This file travels to the Hub next to saved weights, so it imports nothing from h
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
+from transformers.backbone_utils import BackboneConfigMixin
 
 CLASSIFIERS = ("token", "gap")
 POS_EMBED_INTERPOLATIONS = ("official", "bicubic")
@@ -91,7 +92,7 @@ def is_hybrid(config: PretrainedConfig) -> bool:
     return getattr(config, "resnet_layers", None) is not None
 
 
-class VisionTransformerConfig(PretrainedConfig):
+class VisionTransformerConfig(BackboneConfigMixin, PretrainedConfig):
     r"""Configuration of a plain ViT ("An Image is Worth 16x16 Words").
 
     Defaults are ViT-B/16 with the official numerics: LayerNorm eps 1e-6, zero-initialised head.
@@ -117,10 +118,21 @@ class VisionTransformerConfig(PretrainedConfig):
         pos_embed_interpolation: how position embeddings are resized for other resolutions: `"official"`
             (bilinear with aligned corners, as `scipy.ndimage.zoom(order=1)` in the official code) or `"bicubic"`
             (as timm and transformers).
+        out_features: for the backbone, the `stage_names` whose features it returns; default the last.
+        out_indices: the same stages by index into `stage_names` (give one or the other).
+        apply_layernorm: whether the backbone passes the encoder's features through its final LayerNorm.
+        reshape_hidden_states: whether the backbone returns (batch, hidden, height, width) maps without prefix
+            tokens (`True`), or the token sequences (batch, tokens, hidden) with the class token first, as DPT's
+            neck reads them (`False`).
     """
 
     model_type = "hf_vit"
     field_rules = FIELD_RULES
+    # Every Auto class the models of this config load with, as `auto_map` references ("module.Class"). hf_vit fills
+    # it when it registers the classes (`hf_vit/models/__init__.py`); each new config starts its `auto_map` from it,
+    # so a folder saved from any of the models lists all of them. Where this file runs as remote code it stays empty
+    # and the `auto_map` of config.json is kept as it is.
+    default_auto_map: ClassVar[dict[str, str]] = {}
 
     def __init__(
         self,
@@ -141,6 +153,10 @@ class VisionTransformerConfig(PretrainedConfig):
         classifier: str = "token",
         representation_size: int | None = None,
         pos_embed_interpolation: str = "official",
+        out_features: list[str] | None = None,
+        out_indices: list[int] | None = None,
+        apply_layernorm: bool = True,
+        reshape_hidden_states: bool = True,
         **kwargs,
     ):
         self.hidden_size = hidden_size
@@ -160,8 +176,17 @@ class VisionTransformerConfig(PretrainedConfig):
         self.classifier = classifier
         self.representation_size = representation_size
         self.pos_embed_interpolation = pos_embed_interpolation
-        super().__init__(**kwargs)
+        self.apply_layernorm = apply_layernorm
+        self.reshape_hidden_states = reshape_hidden_states
+        auto_map = {**(kwargs.pop("auto_map", None) or {}), **self.default_auto_map}
+        super().__init__(**kwargs, **({"auto_map": auto_map} if auto_map else {}))
+        self.set_output_features_output_indices(out_features, out_indices)
         self.check()
+
+    @property
+    def stage_names(self) -> list[str]:
+        """The backbone's stages: `"stem"` (the embedded tokens), then `"stage{i}"` after encoder block i."""
+        return ["stem"] + [f"stage{index}" for index in range(1, self.num_hidden_layers + 1)]
 
     @property
     def token_stride(self) -> tuple[int, int]:
@@ -211,6 +236,8 @@ class HybridVisionTransformerConfig(VisionTransformerConfig):
         resnet_layers: bottleneck units per ResNet stage, e.g. (3, 4, 9) for the R50 trunk of R50+ViT-B/16;
             `()` keeps only the stem (7×7 convolution and max-pool, stride 4).
         resnet_width_factor: multiplies every ResNet width (64 channels in the stem).
+
+    Its `stage_names` start with the ResNet's: `"resnet_stem"` and `"resnet_stage{i}"`.
     """
 
     model_type = "hf_vit_hybrid"
@@ -230,6 +257,11 @@ class HybridVisionTransformerConfig(VisionTransformerConfig):
     @property
     def resnet_stride(self) -> int:
         return resnet_stride(self.resnet_layers)
+
+    @property
+    def stage_names(self) -> list[str]:
+        resnet = ["resnet_stem"] + [f"resnet_stage{index}" for index in range(1, len(self.resnet_layers) + 1)]
+        return resnet + super().stage_names
 
     @property
     def resnet_channels(self) -> int:

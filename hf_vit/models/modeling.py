@@ -4,18 +4,27 @@ One encoder serves plain ViT and the hybrid: they differ only in the module that
 (`patch_embeddings_class`). This file travels to the Hub with saved weights, so it uses relative imports only.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput, MaskedLMOutput
+from transformers.modeling_outputs import (
+    BackboneOutput,
+    BaseModelOutputWithPooling,
+    ImageClassifierOutput,
+    MaskedLMOutput,
+)
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
+from typing_extensions import Unpack
 
 from .configuration import VisionTransformerConfig, to_pair
 from .pos_embed import resize_pos_embed
@@ -152,7 +161,9 @@ class VisionTransformerAttention(nn.Module):
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, tokens, _ = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         query, key, value = qkv.unbind(0)
@@ -218,10 +229,51 @@ class VisionTransformerLayer(GradientCheckpointingLayer):
         self.mlp = VisionTransformerMLP(config)
         self.drop_path = DropPath(drop_path_rate)
 
-    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
         attended, _ = self.attention(self.norm1(hidden_states), **kwargs)
         hidden_states = hidden_states + self.drop_path(attended)
         return hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
+
+
+FEATURE_FORMATS = ("NCHW", "NLC")
+
+
+def feature_indices(indices: int | Sequence[int] | None, count: int, name: str) -> list[int]:
+    """`indices` into `count` positions as non-negative ints: an int n is the last n (not position 0), None all."""
+    if indices is None:
+        indices = count - 1
+    if isinstance(indices, int):
+        if not 0 < indices < count:
+            raise ValueError(f"{name}={indices} takes the last {indices} of {count - 1}: use 1 to {count - 1}.")
+        return list(range(count - indices, count))
+    for index in indices:
+        if not -count <= index < count:
+            raise ValueError(f"{name} has {index}, out of range for {count} positions ({-count} to {count - 1}).")
+    return [index % count for index in indices]
+
+
+@dataclass
+class IntermediateFeatures(ModelOutput):
+    r"""What `forward_intermediates` returns.
+
+    resnet_features: the hybrid's ResNet maps chosen with `resnet_indices`, (batch, channels, height, width).
+    features: one per requested index, (batch, hidden, grid_h, grid_w) or (batch, grid_h * grid_w, hidden).
+    prefix_tokens: with `return_prefix_tokens=True`, each feature's prefix tokens (batch, num_prefix_tokens, hidden).
+    hidden_states, attentions, backbone_hidden_states: as `forward` returns them when asked, for what ran.
+    """
+
+    # Not `features` first: ModelOutput drops a first field that is an empty tuple (the hybrid asked for ResNet maps).
+    resnet_features: tuple[torch.FloatTensor, ...] | None = None
+    features: tuple[torch.FloatTensor, ...] | None = None
+    prefix_tokens: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    backbone_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+def passed_on(outputs: ModelOutput, output_class: type[ModelOutput]) -> dict:
+    """The encoder's optional outputs (hidden states, attentions, the hybrid's ResNet maps) that a task output has."""
+    return {key: value for key, value in outputs.items() if key in output_class.__dataclass_fields__}
 
 
 class VisionTransformerPreTrainedModel(PreTrainedModel):
@@ -330,7 +382,7 @@ class VisionTransformerModel(VisionTransformerPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         bool_masked_pos: torch.Tensor | None = None,
         source_patches: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         r"""Encode `pixel_values` (batch, channels, height, width).
 
@@ -349,12 +401,66 @@ class VisionTransformerModel(VisionTransformerPreTrainedModel):
             pooled = self.pre_logits(pooled)
         return self.output_class(last_hidden_state=sequence_output, pooler_output=pooled)
 
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward_intermediates(
+        self,
+        pixel_values: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        *,
+        norm: bool = False,
+        output_fmt: str = "NCHW",
+        return_prefix_tokens: bool = False,
+        interpolate_pos_encoding: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> IntermediateFeatures:
+        r"""The features of chosen layers, for dense prediction; blocks after the last chosen one are not run.
+
+        Modelled on timm's `forward_intermediates`, with the positions of `hidden_states` as indices.
+
+        Args:
+            indices: positions in `hidden_states`: 0 is the embedded tokens, i the output of block i, negative ones
+                count from the end (-1 is the last block); an int n takes the last n blocks, None all blocks. timm
+                counts blocks from 0, so its index i is i + 1 here. Features come back in the order asked.
+            norm: pass each feature through the final LayerNorm (index -1 with `norm=True` is `last_hidden_state`).
+            output_fmt: `"NCHW"` for (batch, hidden, grid_h, grid_w) maps, `"NLC"` for (batch, grid_h * grid_w,
+                hidden) sequences. The prefix (class) token is in neither.
+            return_prefix_tokens: also return each layer's prefix tokens, (batch, num_prefix_tokens, hidden).
+            interpolate_pos_encoding: as in `forward`.
+            kwargs: `output_hidden_states` and `output_attentions` as in `forward`, for the blocks that ran.
+        """
+        if output_fmt not in FEATURE_FORMATS:
+            raise ValueError(f"output_fmt must be one of {FEATURE_FORMATS}, got {output_fmt!r}.")
+        take = feature_indices(indices, len(self.layers) + 1, "indices")
+        dtype = self.embeddings.position_embeddings.dtype
+        hidden_states = self.embeddings(pixel_values.to(dtype), interpolate_pos_encoding)
+        kept = {0: hidden_states}
+        for number, layer in enumerate(self.layers[: max(take, default=0)], start=1):
+            hidden_states = layer(hidden_states, **kwargs)
+            if number in take:
+                kept[number] = hidden_states
+        prefix = self.embeddings.num_prefix_tokens
+        step_h, step_w = self.embeddings.token_stride
+        grid = (pixel_values.shape[-2] // step_h, pixel_values.shape[-1] // step_w)
+        features, prefix_tokens = [], []
+        for index in take:
+            tokens = self.norm(kept[index]) if norm else kept[index]
+            prefix_tokens.append(tokens[:, :prefix])
+            tokens = tokens[:, prefix:]
+            if output_fmt == "NCHW":
+                tokens = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
+            features.append(tokens)
+        return IntermediateFeatures(
+            features=tuple(features), prefix_tokens=tuple(prefix_tokens) if return_prefix_tokens else None
+        )
+
 
 VisionTransformerPreTrainedModel.encoder_class = VisionTransformerModel
 
 
 class VisionTransformerForImageClassification(VisionTransformerPreTrainedModel):
     """ViT with a linear head on the pooled feature (zero-initialised, as the official code)."""
+
+    output_class = ImageClassifierOutput
 
     def __init__(self, config: VisionTransformerConfig):
         super().__init__(config)
@@ -370,15 +476,13 @@ class VisionTransformerForImageClassification(VisionTransformerPreTrainedModel):
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> ImageClassifierOutput:
         r"""Classify `pixel_values`; `labels` (class indices, or multi-hot floats) give the loss."""
         outputs = self.vit(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
         logits = self.classifier(outputs.pooler_output)
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
-        return ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
+        return self.output_class(loss=loss, logits=logits, **passed_on(outputs, self.output_class))
 
 
 def mean_colour_classes(pixel_values: torch.Tensor, token_stride: tuple[int, int], bits: int = 3) -> torch.Tensor:
@@ -400,6 +504,8 @@ class VisionTransformerForMaskedPatchPrediction(VisionTransformerPreTrainedModel
     are; the head predicts each corrupted patch's 3-bit mean colour (512 classes).
     """
 
+    output_class = MaskedLMOutput
+
     def __init__(
         self,
         config: VisionTransformerConfig,
@@ -413,16 +519,21 @@ class VisionTransformerForMaskedPatchPrediction(VisionTransformerPreTrainedModel
         self.head = nn.Linear(config.hidden_size, 2 ** (colour_bits * config.num_channels))
         self.post_init()
 
-    def corrupt(self, batch: int, tokens: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-        """Sample which positions are predicted, masked, or given another patch: fixed shapes, no host sync."""
-        ranks = torch.rand(batch, tokens, device=device).argsort(1).argsort(1)
+    def corrupt(
+        self, batch: int, tokens: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """Sample which positions are predicted, masked, or given another patch: fixed shapes, no host sync.
+
+        A `generator` (on `device`) makes the draw repeatable; without one it comes from torch's global state.
+        """
+        ranks = torch.rand(batch, tokens, device=device, generator=generator).argsort(1).argsort(1)
         predicted = ranks < round(self.mask_ratio * tokens)
-        kind = torch.rand(batch, tokens, device=device)
+        kind = torch.rand(batch, tokens, device=device, generator=generator)
         masked = predicted & (kind < 0.8)
         swapped = predicted & (kind >= 0.8) & (kind < 0.9)
         identity = torch.arange(tokens, device=device).expand(batch, tokens)
-        sources = torch.where(swapped, torch.randint(0, tokens, (batch, tokens), device=device), identity)
-        return predicted, masked, sources
+        others = torch.randint(0, tokens, (batch, tokens), device=device, generator=generator)
+        return predicted, masked, torch.where(swapped, others, identity)
 
     @can_return_tuple
     def forward(
@@ -432,18 +543,22 @@ class VisionTransformerForMaskedPatchPrediction(VisionTransformerPreTrainedModel
         bool_masked_pos: torch.Tensor | None = None,
         source_patches: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        **kwargs,
+        generator: torch.Generator | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
-        r"""Corrupt, encode and predict. With no `predicted_pos` the corruption is sampled here.
+        r"""Corrupt, encode and predict. With no `predicted_pos` the corruption is sampled here, from `generator`.
 
         `predicted_pos` (batch, tokens) marks the positions whose colour is predicted (and scored); `bool_masked_pos`
-        and `source_patches` say how they were corrupted (see `VisionTransformerEmbeddings.forward`).
+        and `source_patches` say how they were corrupted (see `VisionTransformerEmbeddings.forward`). A seeded
+        `generator` gives the same corruption on every call, e.g. for a repeatable evaluation loss.
         """
         batch, _, height, width = pixel_values.shape
         step_h, step_w = self.config.token_stride
         num_tokens = (height // step_h) * (width // step_w)
         if predicted_pos is None:
-            predicted_pos, bool_masked_pos, source_patches = self.corrupt(batch, num_tokens, pixel_values.device)
+            predicted_pos, bool_masked_pos, source_patches = self.corrupt(
+                batch, num_tokens, pixel_values.device, generator
+            )
         outputs = self.vit(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
@@ -457,6 +572,46 @@ class VisionTransformerForMaskedPatchPrediction(VisionTransformerPreTrainedModel
         per_token = nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
         weights = predicted_pos.flatten().float()
         loss = (per_token * weights).sum() / weights.sum().clamp(min=1)
-        return MaskedLMOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        return self.output_class(loss=loss, logits=logits, **passed_on(outputs, self.output_class))
+
+
+class VisionTransformerBackbone(BackboneMixin, VisionTransformerPreTrainedModel):
+    """The encoder as a transformers backbone, for the dense-prediction models that build theirs with `load_backbone`.
+
+    `feature_maps` holds the features of `config.out_features` (of `stage_names`: "stem" is the embedded tokens,
+    "stage{i}" the output of block i), each `hidden_size` channels at the token stride, after the final LayerNorm
+    (`config.apply_layernorm`); (batch, hidden, height, width) maps, or with `config.reshape_hidden_states=False` the
+    token sequences with the class token first, as DPT's neck reads them. Blocks after the last stage asked for do
+    not run, and any input size divisible by the token stride does (the position embeddings are resized).
+    """
+
+    def __init__(self, config: VisionTransformerConfig):
+        super().__init__(config)
+        self.vit = self.encoder_class(config)
+        self.num_features = [config.hidden_size] * len(config.stage_names)
+        self.post_init()
+
+    def stage_indices(self) -> dict[str, list[int]]:
+        """`forward_intermediates` arguments that pick the `out_features`."""
+        return {"indices": [self.stage_names.index(name) for name in self.out_features]}
+
+    @can_return_tuple
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BackboneOutput:
+        reshape = self.config.reshape_hidden_states
+        output = self.vit.forward_intermediates(
+            pixel_values,
+            **self.stage_indices(),
+            norm=self.config.apply_layernorm,
+            output_fmt="NCHW" if reshape else "NLC",
+            return_prefix_tokens=not reshape,
+            interpolate_pos_encoding=True,
+            **kwargs,
+        )
+        features = output.features
+        if not reshape:
+            features = tuple(torch.cat(pair, dim=1) for pair in zip(output.prefix_tokens, features, strict=True))
+        return BackboneOutput(
+            feature_maps=(output.resnet_features or ()) + features,
+            hidden_states=output.hidden_states,
+            attentions=output.attentions,
         )

@@ -7,6 +7,7 @@ image processor and the model card go up in one commit, so a repo is never half 
 
 import fnmatch
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt")
 NETWORK_MODULES = ("httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3")
 DEFAULT_SOURCE = "Uploaded from a local folder with hf_vit; no record of its training came with it."
+
+logger = logging.getLogger(__name__)
 
 
 class HubError(RuntimeError):
@@ -176,13 +179,18 @@ def push_model(
 ) -> CommitInfo:
     """Push a model, or a folder saved by hf_vit, to `repo_id` in one commit; returns it (`.oid`, `.commit_url`).
 
+    It is also `model.push_to_hub(repo_id, ...)` of every hf_vit model (set in `hf_vit/models/__init__.py`).
+
     The repo is created if needed (public unless `private`), and `revision` names a branch that is created from
     `main` if it does not exist. A model is saved with its code and an image processor (`processor`, or the paper's
     preprocessing for its config). A folder is pushed as it is (`model_files`: weights, config, processor config,
     code and card; checkpoints, logs and other files stay local unless named in `include`, paths relative to the
     folder), with the paper's image processor if it has none and a model card if it has no README.md.
     `card_kwargs` (`source`, `datasets`, `base_model`, `results`, `license`, ... of `render_model_card`) render a
-    new card in either case. Weight files left on the branch by an earlier push and not part of this one are deleted.
+    new card in either case. Without them the card written is a default one, which never replaces a README.md
+    already on the branch (it is kept, with a warning); a folder's own README.md and a card rendered from
+    `card_kwargs` do replace it. Weight files left on the branch by an earlier push and not part of this one are
+    deleted.
 
     Raises ValueError for a folder that is not a model saved with code and safetensors weights or a file to upload
     that is hidden, a pickle or outside the folder (a link out), and `HubError` when the Hub refuses the push or
@@ -190,6 +198,7 @@ def push_model(
     """
     api = HfApi(token=token)
     generated: dict[str, bytes] = {}
+    default_card = not card_kwargs
     with tempfile.TemporaryDirectory() as staging:
         if isinstance(folder_or_model, PreTrainedModel):
             folder, model_or_config = Path(staging), folder_or_model
@@ -215,6 +224,11 @@ def push_model(
             repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
             if revision is not None:
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
+            if default_card and "README.md" in generated and api.file_exists(repo_id, "README.md", revision=revision):
+                logger.warning(
+                    "Kept the model card already on %s; pass card arguments (e.g. source=...) to replace it.", repo_id
+                )
+                operations = [op for op in operations if op.path_in_repo != "README.md"]
             operations += _stale_weights(api, repo_id, revision, {op.path_in_repo for op in operations})
             return api.create_commit(repo_id, operations, commit_message=message, revision=revision)
         except Exception as error:
