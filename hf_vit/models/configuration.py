@@ -180,8 +180,8 @@ class VisionTransformerConfig(BackboneConfigMixin, PretrainedConfig):
         self.reshape_hidden_states = reshape_hidden_states
         auto_map = {**(kwargs.pop("auto_map", None) or {}), **self.default_auto_map}
         super().__init__(**kwargs, **({"auto_map": auto_map} if auto_map else {}))
+        self.check()  # first: the backbone's stage names come from the fields it checks
         self.set_output_features_output_indices(out_features, out_indices)
-        self.check()
 
     @property
     def stage_names(self) -> list[str]:
