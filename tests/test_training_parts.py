@@ -28,18 +28,15 @@ def test_recipes_fill_only_what_the_user_left_unset():
     assert (finetuning.max_steps, finetuning.learning_rate, finetuning.momentum) == (10_000, 0.03, 0.9)
     assert (finetuning.total_batch_size, finetuning.lr_schedule, finetuning.weight_decay) == (512, "cosine", 0.0)
     assert FinetuningArguments().max_steps == 100
-    with pytest.raises(ValueError, match="Unknown recipe 'fast'; recipes: paper, digits"):
+    with pytest.raises(ValueError, match="Unknown recipe 'fast'; recipes: paper, digits, small-data"):
         PretrainingArguments(recipe="fast")
 
 
 def test_every_recipe_value_names_a_field_of_its_entry_point():
-    fields = {
-        "pretraining": PretrainingArguments.__dataclass_fields__,
-        "finetuning": FinetuningArguments.__dataclass_fields__,
-    }
+    entry_points = {"pretraining": PretrainingArguments, "finetuning": FinetuningArguments}
     for name, recipe in RECIPES.items():
-        for task, names in fields.items():
-            unknown = set(getattr(recipe, task)) - set(names.__dataclass_fields__)
+        for task, arguments in entry_points.items():
+            unknown = set(getattr(recipe, task)) - set(arguments.__dataclass_fields__)
             assert not unknown, f"recipe {name} sets {unknown}, which {task} does not have"
 
 

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from .recipes import RECIPES, default_recipe, recipe_defaults
 
+BUILT_IN_DATASET = "digits"  # the data a run uses when it names none (it ships with scikit-learn)
+
 
 def arg(default: Any = None, help: str = "", **metadata: Any) -> Any:
     """A dataclass field with the help text (and other argparse settings) that HfArgumentParser shows."""
@@ -55,6 +57,11 @@ RULES: dict[str, tuple[str, Any]] = {
     "weight_decay": ("a non-negative finite number", _finite_at_least(0)),
     "grad_clip": ("a non-negative finite number (0 turns clipping off)", _finite_at_least(0)),
     "mixup": ("a non-negative finite number (0 turns mixup off)", _finite_at_least(0)),
+    "cutmix": ("a non-negative finite number (0 turns CutMix off)", _finite_at_least(0)),
+    "label_smoothing": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "drop_path_rate": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "ema_decay": ("in [0, 1) (0 turns the average off)", lambda v: 0 <= v < 1),
+    "layer_decay": ("in (0, 1] (1 turns it off)", lambda v: 0 < v <= 1),
     "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
     "adam_beta1": ("in [0, 1)", lambda v: 0 <= v < 1),
     "adam_beta2": ("in [0, 1)", lambda v: 0 <= v < 1),
@@ -82,9 +89,10 @@ def check_values(args: Any) -> None:
 class DataArguments:
     """Which images, which columns, which split is held out."""
 
-    dataset: str | None = recipe_arg(
-        "'digits' (scikit-learn's 1,797 handwritten digits, built in), a Hub dataset id, an imagefolder directory, "
-        "or parquet / webdataset (.tar) files (comma-separated or a glob)."
+    dataset: str | None = arg(
+        None,
+        "'digits' (scikit-learn's 1,797 handwritten digits, built in; the default), a Hub dataset id, an imagefolder "
+        "directory, or parquet / webdataset (.tar) files (comma-separated or a glob).",
     )
     dataset_config: str | None = arg(None, "Configuration name of a Hub dataset.")
     image_column: str | None = arg(None, "Default: the first of image, img, jpg, png, webp, pixel_values.")
@@ -104,7 +112,7 @@ class DataArguments:
 
 @dataclass
 class AugmentationArguments:
-    """Training-time augmentation (the inception crop, flips, RandAugment, mixup)."""
+    """Training-time augmentation (the inception crop, flips, RandAugment, mixup and CutMix)."""
 
     random_crop_scale: float | None = recipe_arg(
         "Smallest area fraction of the inception crop (officially 0.05); 1 turns cropping off."
@@ -112,6 +120,9 @@ class AugmentationArguments:
     hflip: bool | None = recipe_arg("Random horizontal flips (`--hflip false` turns them off).")
     randaugment: str | None = arg(None, "RandAugment as N,M: N ops of magnitude M.", metavar="N,M")
     mixup: float | None = recipe_arg("Mixup with Beta(ALPHA, ALPHA); 0 turns it off.", metavar="ALPHA")
+    cutmix: float | None = recipe_arg(
+        "CutMix with Beta(ALPHA, ALPHA); 0 turns it off (with mixup too: one of the two per batch).", metavar="ALPHA"
+    )
 
 
 @dataclass
@@ -141,6 +152,7 @@ class RecipeMixin:
         for name, value in recipe_defaults(self.recipe, self.task).items():
             if getattr(self, name, value) is None:
                 setattr(self, name, value)
+        self.dataset = self.dataset or BUILT_IN_DATASET
         check_values(self)
 
 
@@ -159,6 +171,11 @@ class PretrainingArguments(RunArguments, AugmentationArguments, DataArguments, R
     config_overrides: str = arg("", 'Config fields as "k=v,...", e.g. "num_hidden_layers=6".')
     objective: Literal["classification", "masked-patch"] = arg("classification", "What the model learns.")
     representation_layer: bool | None = recipe_arg("Add the pre-logits layer (Dense + tanh) to a preset.")
+    drop_path_rate: float | None = recipe_arg("Stochastic depth of the last block (linear from 0 in the first).")
+    label_smoothing: float | None = recipe_arg("Label smoothing of the classification loss.")
+    ema_decay: float | None = recipe_arg(
+        "Decay of an exponential moving average of the weights, evaluated and saved instead of them; 0 turns it off."
+    )
     per_device_batch_size: int | None = recipe_arg("Images per device per micro-batch.")
     gradient_accumulation_steps: int = arg(1, "Micro-batches per update.")
     learning_rate: float | None = recipe_arg("Peak learning rate.")
@@ -209,6 +226,13 @@ class FinetuningArguments(RunArguments, AugmentationArguments, DataArguments, Re
         None, "Micro-batches per update; default: enough to reach --total-batch-size over all devices."
     )
     total_batch_size: int | None = recipe_arg("Images per update over all devices (the paper's 512).")
+    layer_decay: float | None = recipe_arg(
+        "Layer-wise learning-rate decay: block i of L learns at layer_decay^(L + 1 - i) of the rate; 1 turns it off."
+    )
+    label_smoothing: float | None = recipe_arg("Label smoothing of the classification loss.")
+    ema_decay: float | None = recipe_arg(
+        "Decay of an exponential moving average of the weights, evaluated and saved instead of them; 0 turns it off."
+    )
     bf16: bool = arg(False, "bfloat16 mixed precision.")
     torch_compile: bool = arg(False, "Compile the model with torch.compile.")
     gradient_checkpointing: bool = arg(False, "Recompute activations in the backward pass.")
@@ -226,6 +250,7 @@ class InferenceArguments(DataArguments):
     output: str | None = arg(None, "Also write the results here.", metavar="FILE.json")
 
     def __post_init__(self) -> None:
+        self.dataset = self.dataset or BUILT_IN_DATASET
         check_values(self)
 
 

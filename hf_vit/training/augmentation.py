@@ -41,15 +41,22 @@ def build_transforms(augmentation: AugmentationArguments, image_size: tuple[int,
 
 
 def batch_mixing(augmentation: AugmentationArguments, num_classes: int) -> Callable | None:
-    """Mixup over a batch (torchvision's `MixUp`: each image blended with its neighbour, labels alike), or None.
+    """Mixup and/or CutMix over a batch (torchvision's; with both, one of them per batch), or None.
 
-    It returns (pixels, soft targets); it draws from the global torch RNG, which the loop seeds per update.
+    Mixup blends each image with its neighbour in the batch, CutMix pastes a box of it; the labels are blended by
+    the same weight (mixup's draw, or the area CutMix kept). Returns (pixels, soft targets) and draws from the global
+    torch RNG, which the training loop seeds per micro-batch.
     """
-    if not augmentation.mixup:
-        return None
     from torchvision.transforms import v2
 
-    return v2.MixUp(alpha=augmentation.mixup, num_classes=num_classes)
+    mixes = []
+    if augmentation.mixup:
+        mixes.append(v2.MixUp(alpha=augmentation.mixup, num_classes=num_classes))
+    if augmentation.cutmix:
+        mixes.append(v2.CutMix(alpha=augmentation.cutmix, num_classes=num_classes))
+    if len(mixes) > 1:
+        return v2.RandomChoice(mixes)
+    return mixes[0] if mixes else None
 
 
 class ProcessorTransform:

@@ -17,7 +17,7 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import PreTrainedModel, TrainerCallback, TrainingArguments
 
-from ..loading import load_model
+from ..loading import load_model, model_source
 from ..models.configuration import POS_EMBED_INTERPOLATIONS, to_pair
 from ..models.processing import create_image_processor
 from ..tools.model_card import hub_id, render_model_card, weight_changes
@@ -159,6 +159,7 @@ def training_arguments(args: FinetuningArguments) -> TrainingArguments:
         dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
         label_names=["labels"],
+        label_smoothing_factor=args.label_smoothing,
     )
 
 
@@ -172,6 +173,7 @@ def finetune(args: FinetuningArguments | None = None, /, **fields: Any) -> dict[
     from transformers import set_seed
 
     args = args or FinetuningArguments(**fields)
+    model_source(args.model)  # a mistyped preset or a missing folder is one line now, before any data is loaded
     if args.mixup:
         raise ValueError("--mixup is a pre-training option; the paper fine-tunes without it.")
     prepare_output_dir(args)
@@ -209,6 +211,9 @@ def finetune(args: FinetuningArguments | None = None, /, **fields: Any) -> dict[
             compute_metrics=ComputeMetrics(len(names)),
             preprocess_logits_for_metrics=top_k_indices,
             callbacks=[EpochAugmentation(train), StopOnNonFinite(), stop_on_signal],
+            layer_decay=args.layer_decay,
+            momentum=args.momentum,
+            ema_decay=args.ema_decay,
         )
         resume = args.resume_from_checkpoint
         if resume:
@@ -224,6 +229,8 @@ def finetune(args: FinetuningArguments | None = None, /, **fields: Any) -> dict[
     )
     trainer.log_metrics("train", trained.metrics)
     metrics = trainer.evaluate()
+    if trainer.weight_average is not None:
+        trainer.average_into_model()  # the averaged weights are the ones evaluated as eval_* and saved
     trainer.log_metrics("eval", metrics)
     results = {**trained.metrics, **metrics}
     staging = Path(args.output_dir) / STAGING_FINAL

@@ -22,6 +22,11 @@ from .stops import NonFiniteLossError, StopRequests, TrainingInterrupted
 LOG_FILE = "log.jsonl"
 
 
+def classification_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy against class ids or mixed (soft) targets, each smoothed towards uniform by `label_smoothing`."""
+    return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+
+
 def update_seed(seed: int, micro_batch: tuple[int, int], process: int) -> int:
     """The RNG seed of one micro-batch (epoch, index) on one process: independent streams, the same on resume."""
     return hash((seed, *micro_batch, process)) % 2**63
@@ -31,7 +36,7 @@ class PretrainingLoop:
     """Updates, logging, evaluation and checkpoints of one pre-training run; `run()` returns its metrics."""
 
     def __init__(self, args: PretrainingArguments, accelerator, model, optimizer, scheduler, train_loader, eval_loader,
-                 num_classes: int, total_steps: int, mixing=None):  # fmt: skip
+                 num_classes: int, total_steps: int, mixing=None, ema=None):  # fmt: skip
         self.args = args
         self.accelerator = accelerator
         self.model = model
@@ -42,6 +47,7 @@ class PretrainingLoop:
         self.num_classes = num_classes
         self.total_steps = total_steps
         self.mixing = mixing
+        self.ema = ema  # torch.optim.swa_utils.AveragedModel of the weights, evaluated and saved when given
         self.output_dir = Path(args.output_dir)
         self.eval_every = args.eval_every or default_interval(total_steps)
         self.save_every = args.save_every or default_interval(total_steps)
@@ -68,7 +74,7 @@ class PretrainingLoop:
         targets = labels
         if self.mixing is not None:
             pixels, targets = self.mixing(pixels, labels)
-        return F.cross_entropy(self.model(pixel_values=pixels).logits.float(), targets)
+        return classification_loss(self.model(pixel_values=pixels).logits, targets, self.args.label_smoothing)
 
     def run(self) -> dict[str, Any]:
         from tqdm.auto import tqdm
@@ -138,6 +144,8 @@ class PretrainingLoop:
             self.samples += batch["pixel_values"].shape[0] * accelerator.num_processes
             if accelerator.sync_gradients:
                 self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(accelerator.unwrap_model(self.model))
                 self.step += 1
                 self.bar.update(1)
                 self._after_update()
@@ -226,11 +234,17 @@ class PretrainingLoop:
     def evaluate(self) -> dict[str, float]:
         """Loss and top-1 accuracy on the eval split, each held-out image counted once over all processes.
 
-        For masked-patch prediction: loss and accuracy of the predicted colours, with the same corruption every time.
+        With a weight average (EMA), `eval_*` are the average's (the model that is saved) and `eval_raw_*` the
+        trained weights'. For masked-patch prediction: loss and accuracy of the predicted colours, with the same
+        corruption every time.
         """
+        if self.ema is None:
+            return self._evaluate(self.model, "eval")
+        return {**self._evaluate(self.ema.module, "eval"), **self._evaluate(self.model, "eval_raw")}
+
+    def _evaluate(self, model: torch.nn.Module, prefix: str) -> dict[str, float]:
         accelerator = self.accelerator
-        model = accelerator.unwrap_model(self.model)
-        self.model.eval()
+        model.eval()
         totals = torch.zeros(4, dtype=torch.float64)
         self.eval_skipped = 0
         with torch.random.fork_rng(devices=[]):
@@ -245,20 +259,21 @@ class PretrainingLoop:
         self.model.train()
         loss, correct, count, images = totals.tolist()
         count = max(count, 1.0)
-        return {"eval_loss": loss / count, "eval_accuracy": correct / count, "eval_samples": int(images)}
+        return {f"{prefix}_loss": loss / count, f"{prefix}_accuracy": correct / count, f"{prefix}_samples": int(images)}
 
-    def _eval_batch(self, model, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """(batch, 3): each image's summed loss, correct predictions and predictions made."""
+    def _eval_batch(self, model: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(batch, 3): each image's summed loss, correct predictions and predictions made by `model`."""
         if self.args.objective != "masked-patch":
-            logits = self.model(pixel_values=pixels).logits.float()
+            logits = model(pixel_values=pixels).logits.float()
             loss = F.cross_entropy(logits, labels, reduction="none")
             return torch.stack([loss, (logits.argmax(-1) == labels).float(), torch.ones_like(loss)], dim=1)
         from ..models.modeling import mean_colour_classes
 
-        tokens = model.vit.embeddings.position_embeddings.shape[1] - model.vit.embeddings.num_prefix_tokens
-        predicted, masked, sources = model.corrupt(pixels.shape[0], tokens, pixels.device)
-        out = self.model(pixel_values=pixels, predicted_pos=predicted, bool_masked_pos=masked, source_patches=sources)
-        targets = mean_colour_classes(pixels, model.config.token_stride)
+        inner = self.accelerator.unwrap_model(model)
+        tokens = inner.vit.embeddings.position_embeddings.shape[1] - inner.vit.embeddings.num_prefix_tokens
+        predicted, masked, sources = inner.corrupt(pixels.shape[0], tokens, pixels.device)
+        out = model(pixel_values=pixels, predicted_pos=predicted, bool_masked_pos=masked, source_patches=sources)
+        targets = mean_colour_classes(pixels, inner.config.token_stride)
         per_token = F.cross_entropy(out.logits.float().transpose(1, 2), targets, reduction="none")
         weight = predicted.float()
         hits = (out.logits.argmax(-1) == targets).float() * weight

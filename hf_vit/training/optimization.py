@@ -1,7 +1,11 @@
-"""The optimiser and learning-rate schedule of pre-training, from transformers' and torch's parts."""
+"""Optimisers, learning-rate schedules and weight averages, from transformers' and torch's parts."""
+
+import re
 
 import torch
 from torch import nn
+
+BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 def decay_parameter_names(model: nn.Module) -> set[str]:
@@ -42,3 +46,43 @@ def build_scheduler(
     from transformers import get_scheduler
 
     return get_scheduler(schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def layer_index(name: str, num_layers: int) -> int:
+    """Depth of a parameter for layer-wise decay: 0 for the embeddings (patch projection or ResNet, tokens, position
+    embeddings), i + 1 for encoder block i, num_layers + 1 for what follows (final norm, pre-logits, head)."""
+    block = BLOCK.search(name)
+    if block:
+        return int(block.group(1)) + 1
+    return 0 if ".embeddings." in f".{name}" else num_layers + 1
+
+
+def layer_decay_groups(model: nn.Module, learning_rate: float, layer_decay: float, weight_decay: float) -> list[dict]:
+    """Parameter groups where depth d learns at `learning_rate * layer_decay ** (num_layers + 1 - d)` (as BEiT and
+    MAE fine-tune): the head at the full rate, each block below at `layer_decay` of the one above."""
+    num_layers = model.config.num_hidden_layers
+    decay = decay_parameter_names(model)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        depth, decays = layer_index(name, num_layers), name in decay
+        group = groups.setdefault(
+            (depth, decays),
+            {
+                "params": [],
+                "lr": learning_rate * layer_decay ** (num_layers + 1 - depth),
+                "weight_decay": weight_decay if decays else 0.0,
+            },
+        )
+        group["params"].append(param)
+    return [groups[key] for key in sorted(groups)]
+
+
+def weight_average(model: torch.nn.Module, decay: float):
+    """An exponential moving average of `model`'s weights (torch's `AveragedModel`), or None when `decay` is 0."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)

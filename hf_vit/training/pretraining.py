@@ -20,7 +20,7 @@ from .augmentation import batch_mixing, build_transforms
 from .checkpoints import write_folder_atomically
 from .data import Collate, ImageData, ImageSamples, StreamedImages, dataset_title, load_image_data
 from .loop import PretrainingLoop
-from .optimization import build_optimizer, build_scheduler, warmup_length
+from .optimization import build_optimizer, build_scheduler, warmup_length, weight_average
 from .run import check_world_size, cpu_only_processes, prepare_output_dir
 
 
@@ -29,6 +29,8 @@ def build_model(args: PretrainingArguments, labels: list[str]):
     overrides = parse_overrides(args.config_overrides)
     if args.image_size:
         overrides["image_size"] = args.image_size
+    if args.drop_path_rate:
+        overrides.setdefault("drop_path_rate", args.drop_path_rate)
     preset = model_source(args.model) == "preset"
     if preset and args.representation_layer and "representation_size" not in overrides:
         from ..models.presets import create_config
@@ -81,6 +83,8 @@ def build_accelerator(args: PretrainingArguments):
         fsdp_plugin=fsdp_plugin() if args.fsdp else None,
     )
     check_world_size(accelerator.num_processes)
+    if args.fsdp and args.ema_decay:
+        raise ValueError("--ema-decay averages whole weights, which --fsdp shards: use one of the two.")
     if args.fsdp and accelerator.distributed_type != DistributedType.FSDP:
         raise ValueError(
             f"--fsdp needs several processes on GPUs: Accelerate shards only there, and this run is "
@@ -126,6 +130,7 @@ def pretrain(args: PretrainingArguments | None = None, /, **fields: Any) -> dict
     from accelerate.utils import set_seed
 
     args = args or PretrainingArguments(**fields)
+    model_source(args.model)  # a mistyped preset or a missing folder is one line now, before any data is loaded
     accelerator = build_accelerator(args)
     prepare_output_dir(args)
     set_seed(args.seed)
@@ -144,6 +149,9 @@ def pretrain(args: PretrainingArguments | None = None, /, **fields: Any) -> dict
     scheduler = build_scheduler(optimizer, args.lr_schedule, warmup, total)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     accelerator.register_for_checkpointing(scheduler)
+    ema = weight_average(accelerator.unwrap_model(model), args.ema_decay)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
     if accelerator.distributed_type == DistributedType.XLA:
         # Accelerate's XLA loader wrapper lacks the `dataset` that save_state/load_state read (accelerate 1.15):
         # checkpoint the DataLoaderShard inside it, which holds the same seeded sampler.
@@ -151,10 +159,11 @@ def pretrain(args: PretrainingArguments | None = None, /, **fields: Any) -> dict
         accelerator.register_load_state_pre_hook(load_models_on_host)
     mixing = None if args.objective == "masked-patch" else batch_mixing(args, len(data.label_names))
     loop = PretrainingLoop(
-        args, accelerator, model, optimizer, scheduler, train_loader, eval_loader, len(data.label_names), total, mixing
-    )
+        args, accelerator, model, optimizer, scheduler, train_loader, eval_loader, len(data.label_names), total, mixing,
+        ema,
+    )  # fmt: skip
     results = loop.run()
-    save_final(accelerator, model, args, results, data)
+    save_final(accelerator, model if ema is None else ema.module, args, results, data)
     accelerator.end_training()
     return results
 

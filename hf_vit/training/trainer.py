@@ -10,14 +10,17 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback, TrainerState
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from .checkpoints import checkpoints, disk_full_as_oserror, non_finite_parameters
+from .optimization import layer_decay_groups, weight_average
 from .stops import NonFiniteLossError, StopRequests, TrainingInterrupted
 
 STAGING = ".tmp-checkpoint"
+AVERAGE_FILE = "weight_average.safetensors"  # the average of the weights, in each checkpoint that has one
 
 
 def any_process(flag: bool) -> bool:
@@ -39,9 +42,47 @@ def diverged(output_dir: str, what: str, step: int) -> NonFiniteLossError:
 
 
 class FinetuningTrainer(Trainer):
-    """A Trainer whose checkpoints are complete or absent and never hold non-finite weights."""
+    """A Trainer whose checkpoints are complete or absent and never hold non-finite weights; optionally with
+    layer-wise learning-rate decay (SGD with momentum over `layer_decay_groups`) and an average of the weights
+    (`ema_decay`: evaluated next to the trained weights, kept in checkpoints, and what `average_into_model` makes the
+    model before it is saved)."""
 
     _staging_root: str | None = None
+
+    def __init__(self, *args, layer_decay: float = 1.0, momentum: float = 0.9, ema_decay: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.layer_decay = layer_decay
+        self.momentum = momentum
+        self.weight_average = weight_average(self.model, ema_decay)  # on the device the Trainer moved the model to
+        if self.weight_average is not None:
+            self.add_callback(UpdateAverage(self.weight_average))
+
+    def create_optimizer(self, model=None):
+        if self.layer_decay == 1.0 or self.optimizer is not None:
+            return super().create_optimizer(model)
+        momentum = float(
+            dict(item.split("=") for item in (self.args.optim_args or "momentum=0").split(","))["momentum"]
+        )
+        groups = layer_decay_groups(self.model, self.args.learning_rate, self.layer_decay, self.args.weight_decay)
+        self.optimizer = torch.optim.SGD(groups, lr=self.args.learning_rate, momentum=momentum)
+        return self.optimizer
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """The trained weights' metrics, or with a weight average its metrics (`eval_*`) and theirs (`eval_raw_*`)."""
+        if self.weight_average is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        raw = super().evaluate(eval_dataset, ignore_keys, f"{metric_key_prefix}_raw")
+        trained = {name: tensor.clone() for name, tensor in self.model.state_dict().items()}
+        self.average_into_model()
+        try:
+            averaged = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        finally:
+            self.model.load_state_dict(trained)
+        return {**averaged, **raw}
+
+    def average_into_model(self) -> None:
+        """Give the model the averaged weights (before the final save)."""
+        self.model.load_state_dict(self.weight_average.module.state_dict())
 
     def train(self, resume_from_checkpoint: str | None = None, **kwargs) -> TrainOutput:
         """Train, or, from a checkpoint of the last step, only load it (transformers would run one step more)."""
@@ -53,6 +94,9 @@ class FinetuningTrainer(Trainer):
                 losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
                 loss = losses[-1] if losses else float("nan")
                 return TrainOutput(state.global_step, loss, {"train_loss": loss})
+        if resume_from_checkpoint and self.weight_average is not None:
+            saved = load_file(str(Path(resume_from_checkpoint) / AVERAGE_FILE))
+            self.weight_average.load_state_dict({name: tensor.to(self.args.device) for name, tensor in saved.items()})
         try:
             return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         finally:  # a run stopped by an error leaves its progress bar open; the error belongs on a line of its own
@@ -81,12 +125,25 @@ class FinetuningTrainer(Trainer):
             self._staging_root = None
         self.accelerator.wait_for_everyone()  # every process has written its part before the rename
         if self.args.should_save:
+            if self.weight_average is not None:
+                average = {name: tensor.detach().cpu() for name, tensor in self.weight_average.state_dict().items()}
+                save_file(average, str(staging / name / AVERAGE_FILE))
             shutil.rmtree(root / name, ignore_errors=True)
             (staging / name).rename(root / name)
             staging.rmdir()
             for old in checkpoints(root)[: -self.args.save_total_limit]:
                 shutil.rmtree(old)
         self.accelerator.wait_for_everyone()
+
+
+class UpdateAverage(TrainerCallback):
+    """Fold the weights into their average after every update."""
+
+    def __init__(self, weight_average):
+        self.weight_average = weight_average
+
+    def on_step_end(self, args, state, control, model=None, **kwargs) -> None:
+        self.weight_average.update_parameters(model)
 
 
 class StopOnNonFinite(TrainerCallback):
