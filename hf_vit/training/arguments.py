@@ -6,13 +6,13 @@ only what a command reads. Fields that a recipe sets default to None and are fil
 clear error before anything is loaded. This module imports neither torch nor transformers: `--help` stays fast.
 """
 
+import copy
 import math
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any, Literal
 
 from .recipes import RECIPES, default_recipe, recipe_defaults
-
-BUILT_IN_DATASET = "digits"  # the data a run uses when it names none (it ships with scikit-learn)
 
 
 def arg(default: Any = None, help: str = "", **metadata: Any) -> Any:
@@ -21,7 +21,7 @@ def arg(default: Any = None, help: str = "", **metadata: Any) -> Any:
 
 
 def recipe_arg(help: str, **metadata: Any) -> Any:
-    return arg(None, f"{help} Default: the recipe's.", **metadata)
+    return arg(None, f"{help} Default: the recipe's", **metadata)
 
 
 def _finite_at_least(low: float, inclusive: bool = True):
@@ -89,10 +89,10 @@ def check_values(args: Any) -> None:
 class DataArguments:
     """Which images, which columns, which split is held out."""
 
-    dataset: str | None = arg(
-        None,
-        "'digits' (scikit-learn's 1,797 handwritten digits, built in; the default), a Hub dataset id, an imagefolder "
-        "directory, or parquet / webdataset (.tar) files (comma-separated or a glob).",
+    dataset: str = arg(
+        "digits",
+        "'digits' (scikit-learn's 1,797 handwritten digits, built in), a Hub dataset id, an imagefolder directory, "
+        "or parquet / webdataset (.tar) files (comma-separated or a glob).",
     )
     dataset_config: str | None = arg(None, "Configuration name of a Hub dataset.")
     image_column: str | None = arg(None, "Default: the first of image, img, jpg, png, webp, pixel_values.")
@@ -152,13 +152,28 @@ class RecipeMixin:
         for name, value in recipe_defaults(self.recipe, self.task).items():
             if getattr(self, name, value) is None:
                 setattr(self, name, value)
-        self.dataset = self.dataset or BUILT_IN_DATASET
         check_values(self)
+
+
+def show_recipe_defaults(cls: type) -> type:
+    """Say in each recipe field's help what every recipe sets it to (argparse would show its None default)."""
+    for item in fields(cls):
+        values = {name: getattr(recipe, cls.task).get(item.name) for name, recipe in RECIPES.items()}
+        if item.default is None and any(value is not None for value in values.values()):
+            shown = ", ".join(f"{name}: {value}" for name, value in values.items() if value is not None)
+            own = copy.copy(item)  # the groups' fields are shared by the entry points, whose recipes differ
+            # "%(default).0s" prints nothing, and stops argparse from adding "(default: None)".
+            own.metadata = MappingProxyType(
+                {**item.metadata, "help": f"{item.metadata['help']} ({shown})%(default).0s"}
+            )
+            cls.__dataclass_fields__[item.name] = own
+    return cls
 
 
 RECIPE_HELP = "Named defaults: " + "; ".join(f"{name}: {recipe.description}" for name, recipe in RECIPES.items())
 
 
+@show_recipe_defaults
 @dataclass
 class PretrainingArguments(RunArguments, AugmentationArguments, DataArguments, RecipeMixin):
     """Everything `hf_vit.pretrain` and scripts/pretrain.py take."""
@@ -196,6 +211,7 @@ class PretrainingArguments(RunArguments, AugmentationArguments, DataArguments, R
     output_dir: str = arg("outputs/pretrain", "Where the model, checkpoints, logs and results go.")
 
 
+@show_recipe_defaults
 @dataclass
 class FinetuningArguments(RunArguments, AugmentationArguments, DataArguments, RecipeMixin):
     """Everything `hf_vit.finetune` and scripts/finetune.py take; turned into transformers' TrainingArguments.
@@ -250,7 +266,6 @@ class InferenceArguments(DataArguments):
     output: str | None = arg(None, "Also write the results here.", metavar="FILE.json")
 
     def __post_init__(self) -> None:
-        self.dataset = self.dataset or BUILT_IN_DATASET
         check_values(self)
 
 

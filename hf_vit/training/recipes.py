@@ -109,11 +109,9 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def default_recipe(dataset: str | None) -> str:
-    """The recipe made for `dataset` (the demo's for the built-in digits, also when no dataset is named), else the
-    paper's."""
-    wanted = dataset or "digits"
-    return next((name for name, recipe in RECIPES.items() if recipe.pretraining.get("dataset") == wanted), "paper")
+def default_recipe(dataset: str) -> str:
+    """The recipe made for `dataset` (the demo's for the built-in digits, the default dataset), else the paper's."""
+    return next((name for name, recipe in RECIPES.items() if recipe.pretraining.get("dataset") == dataset), "paper")
 
 
 def recipe_defaults(name: str, task: str) -> dict[str, Any]:
