@@ -189,3 +189,23 @@ def launch(processes: int) -> list[str]:
         *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"),
         *("--main_process_port", str(free_port())),
     ]
+
+
+# A tiny pre-training model for the scripts: ViT-Ti/16 shrunk to 2 blocks of width 32, 2x2 tokens of 8 px at 16 px.
+TINY_OVERRIDES = "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,intermediate_size=64,patch_size=8"
+TINY_RUN = ["--model", "ViT-Ti/16", "--config-overrides", TINY_OVERRIDES, "--image-size", "16"]
+LABELS = ["cat", "dog", "fish", "bird", "frog"]
+
+
+def tiny_classifier(seed: int = 0, hybrid: bool = False) -> hf_vit.VisionTransformerPreTrainedModel:
+    """A tiny ViT, or hybrid with one ResNet stage, with named labels and a random head."""
+    from transformers import AutoModelForImageClassification
+
+    torch.manual_seed(seed)
+    if hybrid:
+        config = hf_vit.HybridVisionTransformerConfig(**{**TINY, "patch_size": 1, "resnet_layers": (1,)})
+    else:
+        config = hf_vit.VisionTransformerConfig(**TINY)
+    config.id2label = dict(enumerate(LABELS))
+    config.label2id = {name: i for i, name in enumerate(LABELS)}
+    return randomize_head(AutoModelForImageClassification.from_config(config), seed).eval()

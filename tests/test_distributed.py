@@ -6,22 +6,11 @@ import shutil
 
 import pytest
 import torch
-from conftest import ROOT, launch, load_script, run_script, run_without_hf_vit
+from conftest import ROOT, TINY_OVERRIDES, TINY_RUN, launch, load_script, run_script, run_without_hf_vit
 from safetensors.torch import load_file
 
-TINY = [
-    "--model",
-    "ViT-Ti/16",
-    "--config-overrides",
-    "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,intermediate_size=64,patch_size=8",
-    "--image-size",
-    "16",
-    "--logging-every",
-    "1",
-]
-DROPOUT = "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,intermediate_size=64,patch_size=8," + (
-    "hidden_dropout_prob=0.1,drop_path_rate=0.1"
-)
+TINY = [*TINY_RUN, "--logging-every", "1"]
+DROPOUT = TINY_OVERRIDES + ",hidden_dropout_prob=0.1,drop_path_rate=0.1"
 
 
 def pretrain(processes: int, *args: str, check: bool = True, script: str = "pretrain"):

@@ -13,32 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, randomize_head, run_without_hf_vit
+from conftest import LABELS, TINY, run_without_hf_vit, tiny_classifier
 from huggingface_hub import HfApi
 from markdown_it import MarkdownIt
 from PIL import Image
-from transformers import AutoModelForImageClassification
 
 import hf_vit
 from hf_vit.tools.hub import HubError, push_model
 from hf_vit.tools.model_card import render_model_card
 
 ROOT = Path(__file__).resolve().parents[1]
-LABELS = ["cat", "dog", "fish", "bird", "frog"]
 sys.path.insert(0, str(ROOT / "scripts"))
 import push_to_hub  # noqa: E402 - the CLI, from scripts/
-
-
-def tiny_classifier(seed: int, hybrid: bool = False) -> hf_vit.VisionTransformerPreTrainedModel:
-    """A tiny ViT, or hybrid with one ResNet stage, with named labels and a random head."""
-    torch.manual_seed(seed)
-    if hybrid:
-        config = hf_vit.HybridVisionTransformerConfig(**{**TINY, "patch_size": 1, "resnet_layers": (1,)})
-    else:
-        config = hf_vit.VisionTransformerConfig(**TINY)
-    config.id2label = dict(enumerate(LABELS))
-    config.label2id = {name: i for i, name in enumerate(LABELS)}
-    return randomize_head(AutoModelForImageClassification.from_config(config), seed).eval()
 
 
 def logits(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:

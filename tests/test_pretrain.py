@@ -8,22 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DIGIT_NAMES, launch, run_script
+from conftest import DIGIT_NAMES, TINY_RUN, launch, run_script
 from PIL import Image
 
 pretrain = functools.partial(run_script, "pretrain")
-TINY_MODEL = [
-    "--model",
-    "ViT-Ti/16",
-    "--config-overrides",
-    "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,intermediate_size=64,patch_size=8",
-    "--image-size",
-    "16",
-    "--per-device-batch-size",
-    "8",
-    "--logging-every",
-    "1",
-]
+TINY_MODEL = [*TINY_RUN, "--per-device-batch-size", "8", "--logging-every", "1"]
 
 
 def results(folder: Path) -> dict:

@@ -6,26 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import TINY, randomize_head, run_without_hf_vit
+from conftest import LABELS, run_without_hf_vit, tiny_classifier
 from huggingface_hub import HfApi, ModelCard
 from PIL import Image
-from transformers import AutoModelForImageClassification
 
 import hf_vit
 from hf_vit.tools.model_card import TAGS
-
-LABELS = ["cat", "dog", "fish", "bird", "frog"]
-
-
-def tiny_classifier(hybrid: bool = False) -> hf_vit.VisionTransformerPreTrainedModel:
-    torch.manual_seed(0)
-    if hybrid:
-        config = hf_vit.HybridVisionTransformerConfig(**{**TINY, "patch_size": 1, "resnet_layers": (1,)})
-    else:
-        config = hf_vit.VisionTransformerConfig(**TINY)
-    config.id2label = dict(enumerate(LABELS))
-    config.label2id = {name: i for i, name in enumerate(LABELS)}
-    return randomize_head(AutoModelForImageClassification.from_config(config)).eval()
 
 
 def test_push_to_hub_writes_our_card_and_the_pulled_model_classifies_without_hf_vit(hub, tmp_path, photo):

@@ -13,11 +13,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, load_script, run_script
+from conftest import ROOT, TINY_OVERRIDES, load_script, run_script
 from PIL import Image
 from safetensors.torch import load_file
 
-TINY = "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,intermediate_size=64,patch_size=8"
+TINY = TINY_OVERRIDES
 DROPOUT = TINY + ",hidden_dropout_prob=0.1,drop_path_rate=0.1"
 PRETRAIN = ["--model", "ViT-Ti/16", "--config-overrides", DROPOUT, "--image-size", "16", "--per-device-batch-size", "8"]
 FAULTS = str(ROOT / "tests" / "probes" / "faults.py")

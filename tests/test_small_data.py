@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import TINY, pretrained, run_script
+from conftest import TINY, TINY_RUN, pretrained, run_script
 from safetensors.torch import load_file
 
 import hf_vit
@@ -14,8 +14,7 @@ from hf_vit.training.augmentation import batch_mixing
 from hf_vit.training.loop import classification_loss
 from hf_vit.training.optimization import layer_decay_groups, layer_index, weight_average
 
-MODEL = ["--model", "ViT-Ti/16", "--config-overrides", "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,"
-         "intermediate_size=64,patch_size=8", "--image-size", "16", "--per-device-batch-size", "8"]  # fmt: skip
+MODEL = [*TINY_RUN, "--per-device-batch-size", "8"]
 
 
 def test_cutmix_pastes_one_box_and_mixes_labels_by_its_area():
