@@ -214,16 +214,24 @@ class Normalize:
             raise ValueError(f"mean and std need one value per channel and std > 0, got {mean} and {std}.")
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+        self._cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         if pixels.is_floating_point():
             return pixels.to(dtype)
         if pixels.dtype != torch.uint8:
             raise ValueError(f"Normalize expects uint8 or float pixels, got {pixels.dtype}.")
-        shape = (1, len(self.mean), 1, 1)
-        scale = torch.tensor([1 / (255 * s) for s in self.std], device=pixels.device).view(shape)
-        shift = torch.tensor([m / s for m, s in zip(self.mean, self.std)], device=pixels.device).view(shape)
-        return torch.addcmul(-shift, pixels.float(), scale).to(dtype)
+        scale, shift = self._constants(pixels.device)
+        return torch.addcmul(shift, pixels.float(), scale).to(dtype)
+
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-channel scale and shift, made once per device (no host-to-device copy per batch)."""
+        if device not in self._cache:
+            shape = (1, len(self.mean), 1, 1)
+            scale = torch.tensor([1 / (255 * s) for s in self.std]).view(shape)
+            shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std, strict=True)]).view(shape)
+            self._cache[device] = (scale.to(device), shift.to(device))
+        return self._cache[device]
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
