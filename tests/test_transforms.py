@@ -9,7 +9,15 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from hf_vit.training.data import ImageSamples
-from hf_vit.training.transforms import Normalize, RandomResizedCrop, Resize, decode, open_image, reduction_for
+from hf_vit.training.transforms import (
+    Normalize,
+    RandomResizedCrop,
+    Resize,
+    decode,
+    decode_region,
+    open_image,
+    reduction_for,
+)
 
 
 def jpeg(image: Image.Image, quality: int = 90) -> bytes:
@@ -39,7 +47,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_accurate_crop_equals_torchvision_pipeline_under_the_same_seed(photos, seed):
-    ours = RandomResizedCrop(224, reduced_decode=False, fast_decode=False)
+    ours = RandomResizedCrop(224)
     data = photos[seed % 2]
     torch.manual_seed(seed)
     pixels = ours(data)
@@ -69,13 +77,19 @@ def test_sampled_box_and_flip_are_torchvision_draws():
         )
 
 
-def test_fast_decode_is_close_to_the_accurate_decode(photos):
+def test_jpeg_decoded_by_torchvision_equals_pil_and_other_modes_become_rgb(photos, tmp_path):
     for data in photos:
-        accurate = np.asarray(decode(open_image(data), fast=False)).astype(float)
-        fast = np.asarray(decode(open_image(data), fast=True)).astype(float)
-        assert accurate.shape == fast.shape == (375, 500, 3)
-        assert np.abs(fast - accurate).mean() > 0  # the fast IDCT and upsampling did run
-        assert psnr(torch.from_numpy(fast), torch.from_numpy(accurate)) > 38
+        pixels = decode_region(open_image(data), 10, 20, 300, 400)
+        expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))[10:310, 20:420]
+        assert pixels.shape == (3, 300, 400)
+        assert np.abs(pixels.permute(1, 2, 0).numpy().astype(int) - expected).max() <= 1
+    image = Image.open(io.BytesIO(photos[0]))
+    for mode in ("L", "CMYK"):
+        data = jpeg(image.convert(mode))
+        pixels = decode_region(open_image(data), 0, 0, 375, 500)
+        expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        assert pixels.shape == (3, 375, 500)
+        assert np.abs(pixels.permute(1, 2, 0).numpy().astype(int) - expected).mean() < 1
 
 
 def test_reduced_decode_only_where_the_crop_keeps_the_output_pixels(photos):
@@ -84,11 +98,11 @@ def test_reduced_decode_only_where_the_crop_keeps_the_output_pixels(photos):
     assert reduction_for((447, 1000), (224, 224)) == 1
     assert reduction_for((375, 500), (32, 32)) == 8
     assert reduction_for((200, 130), (32, 32)) == 4
-    image = decode(open_image(photos[0]), reduction=4)
+    image = decode(open_image(photos[0]).image, reduction=4)
     assert image.size == (125, 94)  # libjpeg's 1/4 scale: ceil(500 / 4) x ceil(375 / 4)
     # A small output: most crops are decoded at 1/2 to 1/8 scale and still look like the full decode's crops.
-    fast = RandomResizedCrop(48, reduced_decode=True, fast_decode=False)
-    full = RandomResizedCrop(48, reduced_decode=False, fast_decode=False)
+    fast = RandomResizedCrop(48, reduced_decode=True)
+    full = RandomResizedCrop(48, reduced_decode=False)
     reductions = []
     for seed in range(8):
         torch.manual_seed(seed)

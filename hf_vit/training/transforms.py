@@ -3,10 +3,11 @@
 What makes it fast, against decoding to a full-size PIL image, cropping and resizing it with PIL and normalising in
 float32 on the CPU (torchvision's or timm's usual pipeline):
 
-- the crop is drawn from the JPEG header before any pixel is decoded, so the JPEG can be decoded at a reduced scale
+- the crop is drawn from the image header before any pixel is decoded, so a JPEG is decoded at a reduced scale
   (libjpeg's DCT scaling through PIL's `draft`) whenever the crop still has at least the output's pixels there;
-- libjpeg's fast integer IDCT and plain chroma upsampling (`fast_decode`, what PIL's draft mode uses);
-- the crop is resized by torch's uint8 antialiased kernels (vectorised), not by PIL;
+- otherwise a JPEG is decoded by torchvision straight into a uint8 tensor (libjpeg-turbo, the accurate IDCT),
+  cropped as a view: no PIL image, no copy of the pixels;
+- the crop is resized by torch's vectorised uint8 antialiased kernels, not by PIL;
 - samples stay uint8 (a quarter of the bytes of float32) through collation, pinned memory and the copy to the
   device, where `Normalize` scales them in one fused step.
 
@@ -30,20 +31,31 @@ Interpolation = Literal["bicubic", "bilinear"]
 DRAFT_SCALES = (8, 4, 2)  # libjpeg's DCT scalings that PIL's draft offers: 1/8, 1/4, 1/2
 
 
-def open_image(value: Any) -> Image.Image:
-    """A PIL image of whatever a dataset holds (PIL image, {'bytes','path'} dict, bytes, path), not yet decoded.
+@dataclass
+class EncodedImage:
+    """An image opened from its header only: PIL's lazy image, and the file's bytes when it is a JPEG."""
 
-    Opening reads the header only, so the size is known before any pixel is decoded.
-    """
+    image: Image.Image
+    jpeg: bytes | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height), as PIL gives it."""
+        return self.image.size
+
+
+def open_image(value: Any) -> EncodedImage:
+    """Open whatever a dataset holds (PIL image, {'bytes','path'} dict, bytes, path) without decoding pixels."""
     if isinstance(value, Image.Image):
-        return value
+        return EncodedImage(value)
     if isinstance(value, dict):
-        return Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return Image.open(io.BytesIO(value))
+        value = value["bytes"] if value.get("bytes") else value["path"]
     if isinstance(value, (str, Path)):
-        return Image.open(value)
-    raise TypeError(f"cannot read an image from a {type(value).__name__}")
+        value = Path(value).read_bytes()
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(f"cannot read an image from a {type(value).__name__}")
+    image = Image.open(io.BytesIO(value))
+    return EncodedImage(image, bytes(value) if image.format == "JPEG" else None)
 
 
 def reduction_for(crop_size: tuple[int, int], output_size: tuple[int, int]) -> int:
@@ -57,15 +69,11 @@ def reduction_for(crop_size: tuple[int, int], output_size: tuple[int, int]) -> i
     return 1
 
 
-def decode(image: Image.Image, reduction: int = 1, fast: bool = False) -> Image.Image:
-    """Decode `image` in RGB, a JPEG at 1/`reduction` of its size and, with `fast`, with libjpeg's fast IDCT and
-    plain chroma upsampling (other formats and already-decoded images are decoded as they are)."""
-    if isinstance(image, JpegImagePlugin.JpegImageFile) and image.tile and not image.decoderconfig:
+def decode(image: Image.Image, reduction: int = 1) -> Image.Image:
+    """Decode a PIL image in RGB; a JPEG not yet decoded at 1/`reduction` of its size (libjpeg's DCT scaling)."""
+    if reduction > 1 and isinstance(image, JpegImagePlugin.JpegImageFile) and image.tile:
         width, height = image.size
         image.draft("RGB", (width // reduction, height // reduction))
-        if fast:
-            # PIL's decoder arguments are (scale, draft); draft=1 selects JDCT_FASTEST and no fancy upsampling.
-            image.decoderconfig = (image.decoderconfig[0], 1)
     image.load()
     return image if image.mode == "RGB" else image.convert("RGB")
 
@@ -73,6 +81,28 @@ def decode(image: Image.Image, reduction: int = 1, fast: bool = False) -> Image.
 def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
     """An RGB PIL image as a (3, height, width) uint8 tensor."""
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def decode_region(
+    encoded: EncodedImage, top: int, left: int, height: int, width: int, reduction: int = 1
+) -> torch.Tensor:
+    """The (3, h, w) uint8 pixels of a box of the full-size image, decoded at 1/`reduction` scale.
+
+    At full scale a JPEG goes through torchvision's decoder into a tensor and the box is a view of it; reduced, or
+    another format, through PIL (the box then scales with the decoded size, rounded to whole pixels).
+    """
+    if reduction == 1 and encoded.jpeg is not None:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        pixels = decode_jpeg(torch.frombuffer(bytearray(encoded.jpeg), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        return pixels[:, top : top + height, left : left + width]
+    full_width, full_height = encoded.size
+    image = decode(encoded.image, reduction)
+    factor_w, factor_h = image.size[0] / full_width, image.size[1] / full_height
+    x0, y0 = round(left * factor_w), round(top * factor_h)
+    x1 = max(round((left + width) * factor_w), x0 + 1)
+    y1 = max(round((top + height) * factor_h), y0 + 1)
+    return to_uint8_tensor(image.crop((x0, y0, x1, y1)))
 
 
 def resize_uint8(pixels: torch.Tensor, size: tuple[int, int], interpolation: Interpolation) -> torch.Tensor:
@@ -108,7 +138,7 @@ class DecodingTransform:
             return None
         return pixels
 
-    def transform(self, image: Image.Image) -> torch.Tensor:
+    def transform(self, image: EncodedImage) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -122,8 +152,6 @@ class RandomResizedCrop(DecodingTransform):
         hflip: flip horizontally with probability 0.5.
         interpolation: the resize filter (antialiased when downscaling).
         reduced_decode: decode JPEGs at 1/2, 1/4 or 1/8 scale when the crop keeps the output's pixels there.
-        fast_decode: libjpeg's fast IDCT and plain chroma upsampling (about 25% faster to decode; on photos at
-            quality 90, 40 dB PSNR against the accurate decode, a mean difference of 1.5 levels of 255).
         augment: applied to the (3, H, W) uint8 crop before it is returned, e.g. `v2.RandAugment()`.
     """
 
@@ -136,7 +164,6 @@ class RandomResizedCrop(DecodingTransform):
         hflip: bool = True,
         interpolation: Interpolation = "bicubic",
         reduced_decode: bool = True,
-        fast_decode: bool = True,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         self.size = _pair(size)
@@ -150,7 +177,6 @@ class RandomResizedCrop(DecodingTransform):
         self.hflip = hflip
         self.interpolation = interpolation
         self.reduced_decode = reduced_decode
-        self.fast_decode = fast_decode
         self.augment = augment
 
     def sample(self, width: int, height: int) -> CropParams:
@@ -163,20 +189,11 @@ class RandomResizedCrop(DecodingTransform):
         flip = self.hflip and bool(torch.rand(1) < 0.5)
         return CropParams(top, left, crop_height, crop_width, flip)
 
-    def transform(self, image: Image.Image) -> torch.Tensor:
-        width, height = image.size
-        params = self.sample(width, height)
+    def transform(self, image: EncodedImage) -> torch.Tensor:
+        params = self.sample(*image.size)
         reduction = reduction_for((params.height, params.width), self.size) if self.reduced_decode else 1
-        image = decode(image, reduction, self.fast_decode)
-        # The decoded size is ceil(size / reduction); the box scales with it (rounded to whole pixels).
-        factor_w, factor_h = image.size[0] / width, image.size[1] / height
-        box = (
-            round(params.left * factor_w),
-            round(params.top * factor_h),
-            max(round((params.left + params.width) * factor_w), round(params.left * factor_w) + 1),
-            max(round((params.top + params.height) * factor_h), round(params.top * factor_h) + 1),
-        )
-        pixels = resize_uint8(to_uint8_tensor(image.crop(box)), self.size, self.interpolation)
+        crop = decode_region(image, params.top, params.left, params.height, params.width, reduction)
+        pixels = resize_uint8(crop, self.size, self.interpolation)
         if params.flip:
             pixels = pixels.flip(-1)
         return self.augment(pixels) if self.augment is not None else pixels
@@ -185,7 +202,7 @@ class RandomResizedCrop(DecodingTransform):
 class Resize(DecodingTransform):
     """The evaluation transform: the whole image resized to `size` (no crop), in uint8.
 
-    JPEGs at least twice the output size are decoded at a reduced scale (`reduced_decode`), accurately.
+    JPEGs at least twice the output size are decoded at a reduced scale (`reduced_decode`).
     """
 
     def __init__(
@@ -196,10 +213,10 @@ class Resize(DecodingTransform):
         self.interpolation = interpolation
         self.reduced_decode = reduced_decode
 
-    def transform(self, image: Image.Image) -> torch.Tensor:
-        reduction = reduction_for(image.size[::-1], self.size) if self.reduced_decode else 1
-        image = decode(image, reduction, fast=False)
-        return resize_uint8(to_uint8_tensor(image), self.size, self.interpolation)
+    def transform(self, image: EncodedImage) -> torch.Tensor:
+        width, height = image.size
+        reduction = reduction_for((height, width), self.size) if self.reduced_decode else 1
+        return resize_uint8(decode_region(image, 0, 0, height, width, reduction), self.size, self.interpolation)
 
 
 class Normalize:
@@ -249,10 +266,12 @@ def _check_interpolation(interpolation: str) -> None:
 __all__ = [
     "CropParams",
     "DecodingTransform",
+    "EncodedImage",
     "Normalize",
     "RandomResizedCrop",
     "Resize",
     "decode",
+    "decode_region",
     "open_image",
     "reduction_for",
 ]
