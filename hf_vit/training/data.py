@@ -4,7 +4,6 @@ One set of flags (`add_data_arguments`) and one loader (`load_image_data`) serve
 """
 
 import argparse
-import io
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -14,6 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+
+from .runtime import default_num_workers
+from .transforms import DecodingTransform, RandomResizedCrop, Resize, decode, open_image
 
 DIGITS = "digits"
 IMAGE_COLUMNS = ("image", "img", "jpg", "png", "webp", "pixel_values")
@@ -42,7 +44,13 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--eval-fraction", type=float, default=0.1, help="Held out when there is no eval split.")
     group.add_argument("--image-size", type=int, default=None, help="Training resolution (default: the model's).")
     group.add_argument("--streaming", action="store_true", help="Stream the data instead of downloading it whole.")
-    group.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes.")
+    group.add_argument(
+        "--num-workers",
+        type=int,
+        default=default_num_workers(),
+        help="DataLoader worker processes. Default: 0 when the model trains on the CPU, else the cores per process "
+        "less one, at most 8.",
+    )
     aug = parser.add_argument_group("augmentation")
     aug.add_argument(
         "--random-crop-scale",
@@ -202,16 +210,7 @@ def load_image_data(args: argparse.Namespace, seed: int = 0) -> ImageData:
 def decode_image(value: Any) -> Image.Image | None:
     """A PIL RGB image from whatever a dataset holds (PIL image, {'bytes','path'} dict, bytes), or None if broken."""
     try:
-        if isinstance(value, Image.Image):
-            image = value
-        elif isinstance(value, dict):
-            image = Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
-        elif isinstance(value, (bytes, bytearray)):
-            image = Image.open(io.BytesIO(value))
-        else:
-            return None
-        image.load()
-        return image.convert("RGB")
+        return decode(open_image(value).image)
     except Exception:  # noqa: BLE001 - any decoding failure means: skip this sample
         return None
 
@@ -220,21 +219,32 @@ def is_digits(args: argparse.Namespace) -> bool:
     return args.dataset == DIGITS
 
 
-def build_transforms(args: argparse.Namespace, image_size: tuple[int, int], train: bool) -> Callable:
+def build_transforms(
+    args: argparse.Namespace, image_size: tuple[int, int], train: bool, uint8: bool = False
+) -> Callable:
     """The official pipeline: inception crop + flip for training, plain resize for eval; pixels scaled to [-1, 1].
 
     The built-in 8x8 digits get gentler defaults (crop area >= 60%, no flips: a flipped digit is another digit).
+    With `uint8`, the fast pipeline of `transforms`: it decodes the dataset's values itself and returns uint8 pixels,
+    to be scaled on the device with `transforms.Normalize`.
     """
     from torchvision.transforms import v2
 
-    normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)]
-    resize = v2.Resize(image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
-    if not train:
-        return v2.Compose([resize, *normalize])
     crop_scale = args.random_crop_scale
     if crop_scale is None:
         crop_scale = 0.6 if is_digits(args) else 0.05
     hflip = args.hflip if args.hflip is not None else not is_digits(args)
+    randaugment = _randaugment(args.randaugment)
+    if uint8:
+        if not train:
+            return Resize(image_size)
+        if crop_scale < 1.0:
+            return RandomResizedCrop(image_size, scale=(crop_scale, 1.0), hflip=hflip, augment=randaugment)
+        return Resize(image_size, hflip=hflip, augment=randaugment)
+    normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)]
+    resize = v2.Resize(image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+    if not train:
+        return v2.Compose([resize, *normalize])
     steps: list = []
     if crop_scale < 1.0:
         steps.append(
@@ -246,13 +256,22 @@ def build_transforms(args: argparse.Namespace, image_size: tuple[int, int], trai
         steps.append(resize)
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
-    if args.randaugment:
-        try:
-            num_ops, magnitude = (int(v) for v in args.randaugment.split(","))
-        except ValueError as error:
-            raise ValueError(f"--randaugment takes N,M (two integers), got {args.randaugment!r}.") from error
-        steps.append(v2.RandAugment(num_ops=num_ops, magnitude=magnitude))
+    if randaugment is not None:
+        steps.append(randaugment)
     return v2.Compose([*steps, *normalize])
+
+
+def _randaugment(spec: str | None) -> Callable | None:
+    """torchvision's RandAugment from "N,M" (it works on PIL images and on uint8 tensors alike)."""
+    if not spec:
+        return None
+    from torchvision.transforms import v2
+
+    try:
+        num_ops, magnitude = (int(v) for v in spec.split(","))
+    except ValueError as error:
+        raise ValueError(f"--randaugment takes N,M (two integers), got {spec!r}.") from error
+    return v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
 
 
 class ImageSamples(torch.utils.data.Dataset):
@@ -300,6 +319,8 @@ class StreamedImages(torch.utils.data.IterableDataset):
 
 
 def prepare_sample(sample: dict, transform: Callable, image_column: str, label_column: str):
+    if isinstance(transform, DecodingTransform):  # decodes itself, at the scale its crop needs
+        return transform(sample[image_column]), int(sample[label_column])
     image = decode_image(sample[image_column])
     return (None if image is None else transform(image)), int(sample[label_column])
 

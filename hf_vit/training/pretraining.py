@@ -30,6 +30,8 @@ from ..tools.hub import push_model
 from ..tools.model_card import hub_id, render_model_card
 from .cli import add_run_arguments
 from .data import Collate, ImageData, ImageSamples, StreamedImages, build_transforms, is_digits, load_image_data
+from .runtime import DataWait, ThreadGovernor, loader_options
+from .transforms import Normalize
 
 PAPER_RUN_STEPS = 300_000  # ~90 epochs of ImageNet-21k at batch 4096, over which the paper warms up 10k steps
 PAPER_WARMUP_STEPS = 10_000
@@ -58,6 +60,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--max-steps", type=int, default=None, help="Optimizer updates; overrides --epochs.")
     opt.add_argument("--epochs", type=float, default=None, help="Default 30 for the built-in digits, else 90.")
     opt.add_argument("--grad-clip", type=float, default=1.0, help="Global gradient norm clip; 0 turns it off.")
+    opt.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of a model trained on the CPU. Default: the cores the rest of the machine leaves free, "
+        "re-read every few seconds (OMP_NUM_THREADS fixes it too).",
+    )
     add_run_arguments(parser, output_dir="outputs/pretrain")
 
 
@@ -206,8 +215,11 @@ class Trainer:
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             log_with=None if args.report_to == "none" else args.report_to,
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir)),
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
         )
+        self.threads = ThreadGovernor.for_device(self.accelerator.device, args.threads)
+        self.normalize = Normalize()  # uint8 batches are scaled to [-1, 1] on the device
+        self.data_wait = DataWait()
         set_seed(args.seed)
         self.data = load_image_data(args, seed=args.seed)
         self.model = build_model(args, self.data)
@@ -237,7 +249,7 @@ class Trainer:
         self.samples = 0
 
     def _loader(self, dataset, train: bool) -> torch.utils.data.DataLoader:
-        transform = build_transforms(self.args, self.image_size, train)
+        transform = build_transforms(self.args, self.image_size, train, uint8=True)
         columns = (self.data.image_column, self.data.label_column)
         if self.data.streaming:
             if train:
@@ -251,7 +263,7 @@ class Trainer:
             shuffle=train and not self.data.streaming,
             drop_last=train,
             collate_fn=Collate(fixed_size=train),
-            num_workers=self.args.num_workers,
+            **loader_options(self.args.num_workers, self.accelerator.device),
         )
 
     def _total_steps(self) -> int:
@@ -266,7 +278,7 @@ class Trainer:
     # -- the step ---------------------------------------------------------------------------------------------------
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        pixels, labels = batch["pixel_values"], batch["labels"]
+        pixels, labels = self.normalize(batch["pixel_values"]), batch["labels"]
         if self.args.objective == "masked-patch":
             return self.model(pixel_values=pixels).loss
         if self.args.mixup > 0:
@@ -295,7 +307,7 @@ class Trainer:
         finite = torch.ones((), dtype=torch.bool, device=device)
         running_count = 0
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not accelerator.is_main_process, desc="train")
-        start, start_step = time.perf_counter(), self.step
+        self.start_time, start_step = time.perf_counter(), self.step
         self.model.train()
         while self.step < self.total_steps:
             self.train_loader.set_epoch(self.epoch)
@@ -303,7 +315,7 @@ class Trainer:
             if self.batches_done:
                 loader = accelerator.skip_first_batches(self.train_loader, self.batches_done)
             seen = 0
-            for batch in loader:
+            for batch in self.data_wait.iterate(loader):
                 seen += 1
                 self.batches_done += 1
                 self.skipped += batch.pop("skipped")
@@ -329,6 +341,8 @@ class Trainer:
                 if accelerator.sync_gradients:
                     self.step += 1
                     bar.update(1)
+                    if self.threads is not None:
+                        self.threads.update()
                     if self._after_update(running, running_count, finite, bar):
                         running.zero_()
                         running_count = 0
@@ -343,7 +357,8 @@ class Trainer:
                 self.epoch += 1
                 self.batches_done = 0
         bar.close()
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - self.start_time
+        data_wait_share = self._mean(self.data_wait.share(elapsed))
         metrics = self.evaluate()
         results = {
             **metrics,
@@ -351,6 +366,8 @@ class Trainer:
             "train_steps": self.step,
             "train_samples_per_second": self.samples / elapsed if self.step > start_step else 0.0,
             "train_runtime_seconds": elapsed,
+            "train_data_wait_share": data_wait_share,
+            "train_cpu_threads": self.threads.threads if self.threads is not None else None,
             "skipped_images": self._total(self.skipped + self.eval_skipped),
         }
         self.save_final(results)
@@ -367,8 +384,13 @@ class Trainer:
             self.train_loss = accelerator.reduce(running, "mean").item() / count
             lr = self.optimizer.param_groups[0]["lr"]
             bar.set_postfix(loss=f"{self.train_loss:.4f}", lr=f"{lr:.2e}")
-            accelerator.log({"train_loss": self.train_loss, "learning_rate": lr}, step=self.step)
-            self._log_line({"step": self.step, "train_loss": self.train_loss, "learning_rate": lr})
+            wait = self.data_wait.share(time.perf_counter() - self.start_time)
+            accelerator.log(
+                {"train_loss": self.train_loss, "learning_rate": lr, "data_wait_share": wait}, step=self.step
+            )
+            self._log_line(
+                {"step": self.step, "train_loss": self.train_loss, "learning_rate": lr, "data_wait_share": wait}
+            )
         if args.eval_every and self.step % args.eval_every == 0 and not at_end:
             self._check_finite(finite)
             metrics = self.evaluate()
@@ -387,6 +409,10 @@ class Trainer:
                 f"The training loss became NaN or infinite by update {self.step}; stopping ({where}). "
                 "Lower --learning-rate, raise --warmup-steps or check the data."
             )
+
+    def _mean(self, value: float) -> float:
+        """Average a per-process host value over all processes."""
+        return float(self.accelerator.reduce(torch.tensor(value, device=self.accelerator.device), "mean").item())
 
     def _total(self, count: int) -> int:
         """Sum a per-process host count over all processes."""
@@ -415,7 +441,7 @@ class Trainer:
             self.eval_skipped += batch.pop("skipped")
             if batch["pixel_values"].numel() == 0:
                 continue
-            pixels, labels = batch["pixel_values"], batch["labels"]
+            pixels, labels = self.normalize(batch["pixel_values"]), batch["labels"]
             if self.args.objective == "masked-patch":
                 model = accelerator.unwrap_model(self.model)
                 batch_size, tokens = pixels.shape[0], model.vit.embeddings.position_embeddings.shape[1]

@@ -200,23 +200,35 @@ class RandomResizedCrop(DecodingTransform):
 
 
 class Resize(DecodingTransform):
-    """The evaluation transform: the whole image resized to `size` (no crop), in uint8.
+    """The whole image resized to `size` (no crop), in uint8: the evaluation transform, or training without crops.
 
-    JPEGs at least twice the output size are decoded at a reduced scale (`reduced_decode`).
+    JPEGs at least twice the output size are decoded at a reduced scale (`reduced_decode`). `hflip` and `augment`
+    as for `RandomResizedCrop`.
     """
 
     def __init__(
-        self, size: int | tuple[int, int], *, interpolation: Interpolation = "bicubic", reduced_decode: bool = True
+        self,
+        size: int | tuple[int, int],
+        *,
+        hflip: bool = False,
+        interpolation: Interpolation = "bicubic",
+        reduced_decode: bool = True,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         self.size = _pair(size)
         _check_interpolation(interpolation)
+        self.hflip = hflip
         self.interpolation = interpolation
         self.reduced_decode = reduced_decode
+        self.augment = augment
 
     def transform(self, image: EncodedImage) -> torch.Tensor:
         width, height = image.size
         reduction = reduction_for((height, width), self.size) if self.reduced_decode else 1
-        return resize_uint8(decode_region(image, 0, 0, height, width, reduction), self.size, self.interpolation)
+        pixels = resize_uint8(decode_region(image, 0, 0, height, width, reduction), self.size, self.interpolation)
+        if self.hflip and bool(torch.rand(1) < 0.5):
+            pixels = pixels.flip(-1)
+        return self.augment(pixels) if self.augment is not None else pixels
 
 
 class Normalize:
