@@ -158,7 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, metavar="PATH", help="Also write the full report here.")
     parser.add_argument("--smoke", action="store_true", help="Two updates per run, one repeat: checks it runs.")
     args = parser.parse_args(argv)
-    settings = ContentionSettings(args.steps, args.repeats, args.busy_processes, args.load_seconds, args.smoke)
+    settings = ContentionSettings(
+        steps=args.steps,
+        repeats=args.repeats,
+        busy_processes=args.busy_processes,
+        load_seconds=args.load_seconds,
+        smoke=args.smoke,
+    )
     start = time.monotonic()
     try:
         report = run_contention(settings, log=lambda message: print(message, file=sys.stderr, flush=True))

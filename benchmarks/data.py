@@ -80,22 +80,44 @@ class DataSettings:
 # --- The corpus --------------------------------------------------------------------------------------------------
 
 
-def source_photos() -> list[np.ndarray]:
-    """The ten colour photos that scikit-learn and scikit-image ship (no download)."""
-    from skimage import data
-    from sklearn.datasets import load_sample_images
+def _sample_image(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        from sklearn.datasets import load_sample_image
 
-    photos = list(load_sample_images().images)
-    photos += [getattr(data, name)() for name in ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field")]
-    photos.append(data.retina())
-    left, right, _ = data.stereo_motorcycle()
-    return [*photos, left, right]
+        return load_sample_image(name)
+
+    return load
+
+
+def _skimage(name: str, view: int | None = None) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        from skimage import data
+
+        photo = getattr(data, name)()
+        return photo if view is None else photo[view]
+
+    return load
+
+
+# The ten colour photos that scikit-learn and scikit-image ship (no download), loaded when first needed.
+SOURCE_PHOTOS = (
+    _sample_image("china.jpg"),
+    _sample_image("flower.jpg"),
+    _skimage("astronaut"),
+    _skimage("chelsea"),
+    _skimage("coffee"),
+    _skimage("rocket"),
+    _skimage("hubble_deep_field"),
+    _skimage("retina"),
+    _skimage("stereo_motorcycle", 0),
+    _skimage("stereo_motorcycle", 1),
+)
 
 
 def build_corpus(count: int, seed: int = 0, quality: int = 90) -> list[bytes]:
     """`count` JPEGs of 500x375 (every fourth 375x500) cut from the shipped photos, as the module docstring says."""
     rng = np.random.default_rng(seed)
-    photos = source_photos()
+    photos = [load() for load in SOURCE_PHOTOS[:count]]
     corpus = []
     for index in range(count):
         photo = photos[index % len(photos)]
