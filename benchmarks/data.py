@@ -40,7 +40,7 @@ from benchmarks.benchmarking import cpu_model
 from hf_vit.training.transforms import RandomResizedCrop
 
 OURS = "hf_vit"
-PIPELINES = (OURS, "torchvision", "timm", "transformers")
+PIPELINES = (OURS, "hf_vit-fast-decode", "torchvision", "timm", "transformers")
 CORPUS_SIZE = (500, 375)
 
 
@@ -162,9 +162,9 @@ def decode_rgb(data: bytes) -> Image.Image:
 
 def build_pipeline(name: str, settings: DataSettings) -> Pipeline:
     size, scale = settings.image_size, settings.crop_scale
-    if name == OURS:
-        transform = RandomResizedCrop(size, scale=scale)
-        output = "uint8, normalised on the device"
+    if name in (OURS, "hf_vit-fast-decode"):
+        transform = RandomResizedCrop(size, scale=scale, fast_decode=name != OURS)
+        output = "uint8, normalised on the device" + ("" if name == OURS else " (libjpeg-turbo's fast IDCT)")
         return Pipeline(name, output, lambda batch: torch.stack([transform(data) for data in batch]))
     if name == "torchvision":
         from torchvision.transforms import v2

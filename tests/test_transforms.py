@@ -77,7 +77,17 @@ def test_sampled_box_and_flip_are_torchvision_draws():
         )
 
 
-def test_jpeg_decoded_by_torchvision_equals_pil_and_other_modes_become_rgb(photos, tmp_path):
+def test_fast_decode_is_close_to_the_accurate_decode(photos):
+    for seed, data in enumerate(photos):
+        torch.manual_seed(seed)
+        accurate = RandomResizedCrop(224)(data)
+        torch.manual_seed(seed)
+        fast = RandomResizedCrop(224, fast_decode=True)(data)
+        assert not torch.equal(fast, accurate)  # the fast IDCT did run
+        assert psnr(fast, accurate) > 38
+
+
+def test_jpeg_decoded_by_libjpeg_turbo_equals_pil_and_other_modes_become_rgb(photos, tmp_path):
     for data in photos:
         pixels = decode_region(open_image(data), 10, 20, 300, 400)
         expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))[10:310, 20:420]
@@ -98,7 +108,7 @@ def test_reduced_decode_only_where_the_crop_keeps_the_output_pixels(photos):
     assert reduction_for((447, 1000), (224, 224)) == 1
     assert reduction_for((375, 500), (32, 32)) == 8
     assert reduction_for((200, 130), (32, 32)) == 4
-    image = decode(open_image(photos[0]).image, reduction=4)
+    image = decode(open_image(photos[0]).pil(), reduction=4)
     assert image.size == (125, 94)  # libjpeg's 1/4 scale: ceil(500 / 4) x ceil(375 / 4)
     # A small output: most crops are decoded at 1/2 to 1/8 scale and still look like the full decode's crops.
     fast = RandomResizedCrop(48, reduced_decode=True)
