@@ -59,6 +59,7 @@ class Settings:
     dtype: str | None = None
     batch_size: int | None = None
     compile: bool = False
+    compile_backend: str = "inductor"  # "eager" traces with dynamo but skips code generation (smoke runs)
     attn_implementation: str = "sdpa"
     channels_last: bool = False
     modes: tuple[str, ...] = MODES
@@ -354,7 +355,7 @@ def make_step(
     autocast = partial(
         torch.autocast, device_type=device.type, dtype=DTYPES[settings.dtype], enabled=settings.dtype != "fp32"
     )
-    runner = torch.compile(model) if settings.compile else model
+    runner = torch.compile(model, backend=settings.compile_backend) if settings.compile else model
     if mode == "infer":
         model.eval()
 

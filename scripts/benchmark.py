@@ -3,9 +3,13 @@
 python scripts/benchmark.py --model ViT-B/16                        # GPU if there is one (bf16), else CPU (fp32)
 python scripts/benchmark.py --model ViT-S/16,ViT-B/16 --device cpu --batch-size 8 --mode infer --json out.json
 python scripts/benchmark.py --smoke                                 # a tiny model, one iteration: checks it runs
+python scripts/benchmark.py --suite data                            # input pipelines, images/s per CPU core
+python scripts/benchmark.py --suite gpu                             # every GPU figure, one command (--smoke on CPU)
+python scripts/benchmark.py --suite contention                      # the README main job, quiet and under load
 """
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -22,6 +26,16 @@ from benchmarks.benchmarking import (  # noqa: E402
     run_benchmark,
     write_json,
 )
+
+SUITES = {"data": "benchmarks.data", "gpu": "benchmarks.gpu", "contention": "benchmarks.contention"}
+
+
+def split_suite(argv: list[str] | None) -> tuple[str, list[str]]:
+    """`--suite NAME` picks a benchmark module with its own flags; without it, the model benchmark below."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--suite", choices=("models", *SUITES), default="models")
+    known, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return known.suite, rest
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -75,6 +89,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    suite, argv = split_suite(argv)
+    if suite != "models":
+        return importlib.import_module(SUITES[suite]).main(argv)
     args = parse_args(argv)
     presets = [name.strip() for item in args.model or ["ViT-B/16"] for name in item.split(",") if name.strip()]
     settings = Settings(

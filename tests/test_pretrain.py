@@ -34,6 +34,10 @@ def test_two_processes_checkpoint_resume_and_auto_load(digits_folder, tmp_path):
     summary = results(out)
     assert summary["train_steps"] == 6
     assert set(summary) >= {"eval_accuracy", "eval_loss", "train_loss", "train_steps", "train_samples_per_second"}
+    # The share of wall time spent waiting for data is reported (its size depends on the machine).
+    assert 0.0 <= summary["train_data_wait_share"] < 1.0
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(0.0 <= record["data_wait_share"] < 1.0 for record in logged if "train_loss" in record)
     # The rotation keeps the newest two.
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
 

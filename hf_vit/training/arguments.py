@@ -48,6 +48,7 @@ RULES: dict[str, tuple[str, Any]] = {
             "batch_size",
             "seeds",
             "shots",
+            "threads",
         )
     },
     "num_workers": ("a non-negative integer", lambda v: v >= 0),
@@ -106,7 +107,11 @@ class DataArguments:
     eval_fraction: float = arg(0.1, "Held out of the training split when there is no eval split.")
     image_size: int | None = arg(None, "Resolution (default: the model's, or the recipe's for a preset).")
     streaming: bool = arg(False, "Stream the data instead of downloading it whole.")
-    num_workers: int = arg(0, "DataLoader worker processes.")
+    num_workers: int | None = arg(
+        None,
+        "DataLoader worker processes. Default: 0 when the model runs on the CPU, else the cores per process less one, "
+        "at most 8.",
+    )
     seed: int = arg(0, "Seeds the held-out split, and in training the initialisation, order and augmentation.")
 
 
@@ -203,6 +208,11 @@ class PretrainingArguments(RunArguments, AugmentationArguments, DataArguments, R
     max_steps: int | None = arg(None, "Optimizer updates; overrides --epochs.")
     epochs: float | None = recipe_arg("Passes over the training data.")
     grad_clip: float | None = recipe_arg("Global gradient-norm clip; 0 turns it off.")
+    threads: int | None = arg(
+        None,
+        "CPU threads of a model trained on the CPU. Default: the cores the rest of the machine leaves free, re-read "
+        "every few seconds (OMP_NUM_THREADS fixes it too).",
+    )
     fsdp: bool = arg(
         False,
         "Shard weights, gradients and optimiser state over the processes (FSDP2 through Accelerate; GPUs only), "

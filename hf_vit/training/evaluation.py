@@ -15,7 +15,7 @@ from ..loading import load_image_processor, load_model
 from ..models.configuration import to_pair
 from .arguments import EvaluationArguments
 from .augmentation import ProcessorTransform
-from .data import Collate, ImageData, ImageSamples, StreamedImages, load_image_data, load_split
+from .data import Collate, ImageData, ImageSamples, StreamedImages, load_image_data, load_split, worker_count
 from .metrics import TOP_K, classification_metrics
 
 
@@ -140,7 +140,7 @@ def evaluate_classifier(args: EvaluationArguments | None = None, /, **fields: An
     data = load_split(args, args.eval_split) if args.eval_split else load_image_data(args)
     mapping = label_mapping(model.config.id2label, data.label_names)
     interpolate = set_resolution(processor, args.image_size, model.config)
-    loader = make_loader(data.eval, ProcessorTransform(processor), data, args.batch_size, args.num_workers)
+    loader = make_loader(data.eval, ProcessorTransform(processor), data, args.batch_size, worker_count(args))
     k = min(TOP_K, model.config.num_labels)
     ranked, labels, skipped = ranked_predictions(model, loader, resolve_device(args.device), k, interpolate)
     metrics = classification_metrics(ranked, mapping[labels], model.config.num_labels)

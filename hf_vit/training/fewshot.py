@@ -15,7 +15,7 @@ import numpy as np
 
 from .arguments import FewshotArguments
 from .augmentation import ProcessorTransform
-from .data import load_image_data
+from .data import load_image_data, worker_count
 from .evaluation import extract_features, load_classifier, make_loader, resolve_device, set_resolution
 
 L2_REG = 2.0**10
@@ -100,12 +100,12 @@ def run_fewshot(args: FewshotArguments | None = None, /, **fields: Any) -> dict[
     needed = np.unique(np.concatenate([draw.ravel() for draw in draws.values()]))
     subset = data.train.select(needed.tolist())
     train_features, _, skipped = extract_features(
-        model, make_loader(subset, transform, data, args.batch_size, args.num_workers), device, interpolate
+        model, make_loader(subset, transform, data, args.batch_size, worker_count(args)), device, interpolate
     )
     if skipped:
         raise ValueError(f"{skipped} of the drawn training images are unreadable; remove them from the dataset.")
     row_of = {int(index): row for row, index in enumerate(needed)}
-    eval_loader = make_loader(data.eval, transform, data, args.batch_size, args.num_workers)
+    eval_loader = make_loader(data.eval, transform, data, args.batch_size, worker_count(args))
     eval_features, eval_labels, eval_skipped = extract_features(model, eval_loader, device, interpolate)
     accuracy: dict[str, dict[str, Any]] = {}
     for shots in sorted(set(args.shots)):

@@ -32,7 +32,7 @@ from .checkpoints import (
     resolve_checkpoint,
     staging_folder,
 )
-from .data import Collate, ImageSamples, StreamedImages, dataset_title, load_image_data
+from .data import Collate, ImageSamples, StreamedImages, dataset_title, load_image_data, worker_count
 from .metrics import TOP_K, classification_metrics
 from .optimization import warmup_length
 from .run import cpu_only_processes, default_interval, prepare_output_dir
@@ -155,7 +155,7 @@ def training_arguments(args: FinetuningArguments) -> TrainingArguments:
         seed=args.seed,
         logging_nan_inf_filter=False,  # a NaN loss must reach StopOnNonFinite, not be averaged away
         report_to=args.report_to,
-        dataloader_num_workers=args.num_workers,
+        dataloader_num_workers=worker_count(args),
         dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
         label_names=["labels"],

@@ -17,7 +17,9 @@ from torch.nn import functional as F
 from .arguments import PretrainingArguments
 from .checkpoints import checkpoints, load_checkpoint, non_finite_parameters, resolve_checkpoint, save_checkpoint
 from .run import default_interval
+from .runtime import DataWait, ThreadGovernor
 from .stops import NonFiniteLossError, StopRequests, TrainingInterrupted
+from .transforms import Normalize
 
 LOG_FILE = "log.jsonl"
 
@@ -48,6 +50,9 @@ class PretrainingLoop:
         self.total_steps = total_steps
         self.mixing = mixing
         self.ema = ema  # torch.optim.swa_utils.AveragedModel of the weights, evaluated and saved when given
+        self.normalize = Normalize()  # the loaders give uint8 pixels: scaled to [-1, 1] here, on the device
+        self.threads = ThreadGovernor.for_device(accelerator.device, args.threads)
+        self.data_wait = DataWait()
         self.output_dir = Path(args.output_dir)
         self.eval_every = args.eval_every or default_interval(total_steps)
         self.save_every = args.save_every or default_interval(total_steps)
@@ -68,7 +73,7 @@ class PretrainingLoop:
     # -- the updates ------------------------------------------------------------------------------------------------
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        pixels, labels = batch["pixel_values"], batch["labels"]
+        pixels, labels = self.normalize(batch["pixel_values"]), batch["labels"]
         if self.args.objective == "masked-patch":
             return self.model(pixel_values=pixels).loss
         targets = labels
@@ -86,8 +91,8 @@ class PretrainingLoop:
             self._start_log()
         accelerator.init_trackers("hf_vit_pretrain", config={k: str(v) for k, v in vars(args).items()})
         device = accelerator.device
-        count = accelerator.num_processes
-        how = f"{count} processes ({accelerator.distributed_type.value})" if count > 1 else "1 process"
+        count, kind = accelerator.num_processes, accelerator.distributed_type
+        how = f"{count} process{'es' if count > 1 else ''}" + ("" if kind == "NO" else f" ({kind.value})")
         self.print(f"Training on {device.type} with {how}.")
         self.running = torch.zeros((), device=device)  # the loss summed since it was last logged
         self.running_count = 0
@@ -95,7 +100,7 @@ class PretrainingLoop:
         self.bar = tqdm(
             total=self.total_steps, initial=self.step, disable=not accelerator.is_main_process, desc="train"
         )
-        start, start_step = time.perf_counter(), self.step
+        self.start_time, start_step = time.perf_counter(), self.step
         self.model.train()
         try:
             with StopRequests() as stop:
@@ -103,7 +108,8 @@ class PretrainingLoop:
                     self._epoch(stop)
         finally:
             self.bar.close()  # before any error message, which would otherwise land on the bar's line
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - self.start_time
+        data_wait_share = self._mean(self.data_wait.share(elapsed))
         metrics = self.evaluate()
         self._log_line({"step": self.step, **metrics})
         return {
@@ -112,6 +118,8 @@ class PretrainingLoop:
             "train_steps": self.step,
             "train_samples_per_second": self.samples / elapsed if self.step > start_step else 0.0,
             "train_runtime_seconds": elapsed,
+            "train_data_wait_share": data_wait_share,
+            "train_cpu_threads": self.threads.threads if self.threads is not None else None,
             "skipped_images": self._total(self.skipped + self.eval_skipped),
             "world_size": accelerator.num_processes,
         }
@@ -124,7 +132,7 @@ class PretrainingLoop:
         if self.batches_done:
             loader = accelerator.skip_first_batches(self.train_loader, self.batches_done)
         seen = 0
-        for batch in loader:
+        for batch in self.data_wait.iterate(loader):
             seen += 1
             self.batches_done += 1
             self.skipped += batch.pop("skipped")
@@ -148,6 +156,8 @@ class PretrainingLoop:
                     self.ema.update_parameters(accelerator.unwrap_model(self.model))
                 self.step += 1
                 self.bar.update(1)
+                if self.threads is not None:
+                    self.threads.update()
                 self._after_update()
                 self._stop_if_asked(stop)
                 if self.step >= self.total_steps:
@@ -171,8 +181,10 @@ class PretrainingLoop:
             self.running_count = 0
             lr = self.optimizer.param_groups[0]["lr"]
             self.bar.set_postfix(loss=f"{self.train_loss:.4f}", lr=f"{lr:.2e}")
-            accelerator.log({"train_loss": self.train_loss, "learning_rate": lr}, step=self.step)
-            self._log_line({"step": self.step, "train_loss": self.train_loss, "learning_rate": lr})
+            record = {"train_loss": self.train_loss, "learning_rate": lr}
+            record["data_wait_share"] = self.data_wait.share(time.perf_counter() - self.start_time)
+            accelerator.log(record, step=self.step)
+            self._log_line({"step": self.step, **record})
         if self.step % self.eval_every == 0 and not at_end:
             self._check_finite()
             metrics = self.evaluate()
@@ -211,6 +223,10 @@ class PretrainingLoop:
             f"The {what} became NaN or infinite by update {self.step}; stopping ({where}). "
             "Lower --learning-rate, raise --warmup-steps or check the data."
         )
+
+    def _mean(self, value: float) -> float:
+        """Average a per-process host value over all processes."""
+        return float(self.accelerator.reduce(torch.tensor(value, device=self.accelerator.device), "mean").item())
 
     def _total(self, count: int) -> int:
         """Sum a per-process host count over all processes."""
@@ -253,7 +269,7 @@ class PretrainingLoop:
                 self.eval_skipped += batch.pop("skipped")
                 if batch["pixel_values"].numel() == 0:
                     continue
-                per_sample = self._eval_batch(model, batch["pixel_values"], batch["labels"])
+                per_sample = self._eval_batch(model, self.normalize(batch["pixel_values"]), batch["labels"])
                 per_sample = torch.cat([per_sample, torch.ones_like(per_sample[:, :1])], dim=1)
                 totals += accelerator.gather_for_metrics(per_sample).double().sum(0).cpu()
         self.model.train()

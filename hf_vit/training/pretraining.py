@@ -18,10 +18,11 @@ from ..tools.model_card import hub_id, render_model_card
 from .arguments import PretrainingArguments
 from .augmentation import batch_mixing, build_transforms
 from .checkpoints import write_folder_atomically
-from .data import Collate, ImageData, ImageSamples, StreamedImages, dataset_title, load_image_data
+from .data import Collate, ImageData, ImageSamples, StreamedImages, dataset_title, load_image_data, worker_count
 from .loop import PretrainingLoop
 from .optimization import build_optimizer, build_scheduler, warmup_length, weight_average
 from .run import check_world_size, cpu_only_processes, prepare_output_dir
+from .runtime import loader_options
 
 
 def build_model(args: PretrainingArguments, labels: list[str]):
@@ -40,7 +41,9 @@ def build_model(args: PretrainingArguments, labels: list[str]):
     return load_model(args.model, task, config_overrides=overrides, labels=labels)
 
 
-def data_loader(dataset, data: ImageData, transform, batch_size: int, train: bool, args: PretrainingArguments):
+def data_loader(
+    dataset, data: ImageData, transform, batch_size: int, train: bool, args: PretrainingArguments, device=None
+):
     """Decoded, augmented batches; training batches keep a fixed size (XLA compiles the step once)."""
     columns = (data.image_column, data.label_column)
     if data.streaming:
@@ -55,7 +58,7 @@ def data_loader(dataset, data: ImageData, transform, batch_size: int, train: boo
         shuffle=train and not data.streaming,
         drop_last=train,
         collate_fn=Collate(fixed_size=train),
-        num_workers=args.num_workers,
+        **loader_options(worker_count(args), device or torch.device("cpu")),
     )
 
 
@@ -79,7 +82,7 @@ def build_accelerator(args: PretrainingArguments):
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=output_dir, logging_dir=output_dir),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
         fsdp_plugin=fsdp_plugin() if args.fsdp else None,
     )
     check_world_size(accelerator.num_processes)
@@ -137,12 +140,12 @@ def pretrain(args: PretrainingArguments | None = None, /, **fields: Any) -> dict
     data = load_image_data(args)
     model = build_model(args, data.label_names)
     image_size = to_pair(model.config.image_size)
-    train_loader = data_loader(
-        data.train, data, build_transforms(args, image_size, True), args.per_device_batch_size, True, args
-    )
-    eval_loader = data_loader(
-        data.eval, data, build_transforms(args, image_size, False), args.per_device_batch_size, False, args
-    )
+    batch, device = args.per_device_batch_size, accelerator.device
+    # uint8 images until the device, where the loop scales them (transforms.Normalize)
+    train_loader = data_loader(data.train, data, build_transforms(args, image_size, True, uint8=True), batch, True,
+                               args, device)  # fmt: skip
+    eval_loader = data_loader(data.eval, data, build_transforms(args, image_size, False, uint8=True), batch, False,
+                              args, device)  # fmt: skip
     optimizer = build_optimizer(model, args.learning_rate, args.weight_decay, (args.adam_beta1, args.adam_beta2))
     total = total_updates(args, data, train_loader)
     warmup = warmup_length(total, args.warmup_steps, args.warmup_ratio)
