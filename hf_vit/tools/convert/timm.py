@@ -6,6 +6,7 @@ timm's own numerics are carried: exact GELU, LayerNorm eps 1e-6, bicubic positio
 """
 
 import codecs
+import json
 import os
 import pickle
 import re
@@ -25,12 +26,14 @@ from .common import (
     Converted,
     KeyReader,
     geometry_fields,
+    inside_folder,
     is_square,
     make_config,
     shape_of,
     square_grid,
     to_tensor,
 )
+from .preprocessing import timm_preprocessing
 
 BLOCK = re.compile(r"^blocks\.(\d+)\.")
 STAGE_UNIT = re.compile(r"^patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.")
@@ -39,6 +42,8 @@ WRAPPERS = ("state_dict", "model", "state_dict_ema", "model_ema")
 TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")
 UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 WEIGHTS_UNPICKLER_ERROR = re.compile(r"WeightsUnpickler error:\s*(.+)")
+# What timm's save_for_hf writes beside config.json, in the order it is preferred.
+HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 HEADS_BY_WIDTH = {widths["hidden_size"]: widths["num_attention_heads"] for widths in WIDTHS.values()}
 
 
@@ -218,6 +223,30 @@ def convert_timm_state_dict(
     return Converted(config, {key: to_tensor(value) for key, value in state.items()}, what)
 
 
+def timm_files(path: str | os.PathLike) -> tuple[Path, dict[str, Any] | None]:
+    """The weights file of a timm checkpoint (a file, or a timm Hub folder) and the `pretrained_cfg` of the
+    config.json beside it (None when there is none)."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    if path.is_dir():
+        weights = [inside_folder(folder, name) for name in HUB_WEIGHTS]
+        path = next((file for file in weights if file.is_file()), None)
+        if path is None:
+            raise ConversionError(f"{folder} holds no timm weights ({' or '.join(HUB_WEIGHTS)}).")
+    config_file = inside_folder(folder, "config.json")
+    try:
+        pretrained_cfg = json.loads(config_file.read_text(encoding="utf-8")).get("pretrained_cfg")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        pretrained_cfg = None  # no config.json, or not timm's
+    return path, pretrained_cfg if isinstance(pretrained_cfg, dict) else None
+
+
 def load_timm(path: str | os.PathLike, preset: str | None = None, num_heads: int | None = None) -> Converted:
-    """Convert the timm checkpoint at `path` (.safetensors, .pth or .bin)."""
-    return convert_timm_state_dict(load_state_dict(path), preset, num_heads, what=f"timm checkpoint {Path(path).name}")
+    """Convert the timm checkpoint at `path` (.safetensors, .pth, .bin, or a timm Hub folder holding one); a timm
+    config.json beside the weights gives the preprocessing."""
+    weights, pretrained_cfg = timm_files(path)
+    what = f"timm checkpoint {weights.name}"
+    converted = convert_timm_state_dict(load_state_dict(weights), preset, num_heads, what=what)
+    if pretrained_cfg is not None:
+        converted.preprocessing = timm_preprocessing(pretrained_cfg, what)
+    return converted
