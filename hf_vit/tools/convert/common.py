@@ -43,6 +43,8 @@ ARCHITECTURE_FIELDS = (
 # Fields a preset contributes that weights cannot show (the training-time regularisation).
 PRESET_ONLY_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate")
 BACKBONE = "vit.embeddings.patch_embeddings.backbone."
+# The weights of a saved model folder (transformers' save_pretrained, timm's save_for_hf), in the order preferred.
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # How a model card names each source layout.
 SOURCE_DESCRIPTIONS = {"jax": "official JAX (.npz)", "timm": "timm", "transformers": "transformers ViT"}
 

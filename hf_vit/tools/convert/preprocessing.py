@@ -6,9 +6,9 @@ preprocessing into a `Preprocessing` (what does not depend on the input size), a
 processor is built from it for the model's final input size:
 
 - transformers folders: their saved image processor (resize, crop, resample, rescale, mean, std);
-- timm: the `pretrained_cfg` of a timm Hub folder's config.json (input size, interpolation, crop_pct and crop mode,
-  mean, std), mapped as timm's eval transform does: `floor(size / crop_pct)` then a centre crop of `size`, the
-  shorter side (crop mode "center") or both sides ("squash") resized;
+- timm: the `pretrained_cfg` of a timm Hub folder's config.json (interpolation, crop_pct and crop mode, mean, std),
+  mapped as timm's eval transform does: the shorter side (crop mode "center") or both sides ("squash") resized to
+  `floor(size / crop_pct)`, then a centre crop of `size`, the model's input size;
 - official JAX checkpoints: the official eval, a plain bilinear resize to the model's size and scaling to [-1, 1]
   (`tf.image.resize` in vit_jax and big_vision).
 
@@ -29,8 +29,7 @@ from transformers.image_utils import PILImageResampling
 
 from ...models.configuration import to_pair
 from ...models.processing import create_image_processor
-from ..files import file_in_folder
-from .common import ConversionError
+from .common import ConversionError, inside_folder
 
 # timm's interpolation names (timm.data.transforms) as PIL filters.
 TIMM_INTERPOLATION = {
@@ -54,8 +53,6 @@ SIZE_FREE = ("resample", "do_rescale", "rescale_factor", "do_normalize", "image_
 # Methods that, left as transformers' image-processing backends define them, make a processor a plain
 # resize -> centre crop -> rescale -> normalise, which is all a `Preprocessing` describes.
 BACKEND_METHODS = ("preprocess", "_preprocess", "resize", "center_crop", "rescale", "normalize")
-
-
 PAPER_HINT = "Pass --preprocessing paper (preprocessing='paper') to use hf_vit's."
 TIMM_ORIGIN, PROCESSOR_ORIGIN = "timm's pretrained config", "the source folder's"
 
@@ -180,10 +177,7 @@ def _set_sizes(size) -> dict[str, int]:
 
 def read_processor(folder: Path, what: str) -> Preprocessing | None:
     """The preprocessing of a transformers folder's `preprocessor_config.json`, or None when it has none."""
-    try:
-        path = file_in_folder(folder, "preprocessor_config.json")
-    except ValueError as error:
-        raise ConversionError(f"{what}: {error}; conversion reads only files inside the checkpoint folder.") from None
+    path = inside_folder(folder, "preprocessor_config.json", f"{what}: ")
     if not path.is_file():
         return None
     from transformers import AutoImageProcessor

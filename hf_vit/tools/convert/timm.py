@@ -2,7 +2,8 @@
 
 timm's fused qkv, MLP and norms match ours name for name. The weights cannot show the number of attention heads:
 it comes from `num_heads`, a preset, or the paper's width table (192 → 3, 384 → 6, 768 → 12, 1024 and 1280 → 16).
-timm's own numerics are carried: exact GELU, LayerNorm eps 1e-6, bicubic position-embedding resize.
+timm's own numerics are carried: exact GELU, LayerNorm eps 1e-6, bicubic position-embedding resize; and from a timm
+Hub folder (config.json beside the weights), the preprocessing of its `pretrained_cfg`.
 """
 
 import codecs
@@ -22,6 +23,7 @@ from .common import (
     DOWNSAMPLE_TENSORS,
     LAYER_TENSORS,
     UNIT_TENSORS,
+    WEIGHT_FILES,
     ConversionError,
     Converted,
     KeyReader,
@@ -42,8 +44,6 @@ WRAPPERS = ("state_dict", "model", "state_dict_ema", "model_ema")
 TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")
 UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 WEIGHTS_UNPICKLER_ERROR = re.compile(r"WeightsUnpickler error:\s*(.+)")
-# What timm's save_for_hf writes beside config.json, in the order it is preferred.
-HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 HEADS_BY_WIDTH = {widths["hidden_size"]: widths["num_attention_heads"] for widths in WIDTHS.values()}
 
 
@@ -229,10 +229,10 @@ def timm_files(path: str | os.PathLike) -> tuple[Path, dict[str, Any] | None]:
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     if path.is_dir():
-        weights = [inside_folder(folder, name) for name in HUB_WEIGHTS]
+        weights = [inside_folder(folder, name) for name in WEIGHT_FILES]
         path = next((file for file in weights if file.is_file()), None)
         if path is None:
-            raise ConversionError(f"{folder} holds no timm weights ({' or '.join(HUB_WEIGHTS)}).")
+            raise ConversionError(f"{folder} holds no timm weights ({' or '.join(WEIGHT_FILES)}).")
     config_file = inside_folder(folder, "config.json")
     try:
         pretrained_cfg = json.loads(config_file.read_text(encoding="utf-8")).get("pretrained_cfg")

@@ -17,6 +17,7 @@ import torch
 
 from .common import (
     LAYER_TENSORS,
+    WEIGHT_FILES,
     ConversionError,
     Converted,
     KeyReader,
@@ -43,7 +44,6 @@ RENAMES = [
     (r"^layers\.(\d+)\.layernorm_after\.", r"layers.\1.norm2."),
 ]
 LAYER = re.compile(r"^layers\.(\d+)\.")
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def load_folder(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
