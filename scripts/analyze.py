@@ -12,16 +12,12 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
-
-from hf_vit.loading import load_image_processor, load_model
-from hf_vit.tools import plotting
-from hf_vit.tools.analysis import analyze
+from hf_vit.tools.cli import HelpFormatter
 
 
-def load_images(paths: list[str]) -> list[Image.Image]:
+def load_images(paths: list[str]) -> list:
+    from PIL import Image, UnidentifiedImageError
+
     images = []
     for path in paths:
         try:
@@ -34,19 +30,27 @@ def load_images(paths: list[str]) -> list[Image.Image]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, help="a saved model folder, or a preset name (random weights)")
     parser.add_argument("--image", action="append", required=True, help="an input image; repeat for more")
     parser.add_argument("--output-dir", required=True, type=Path, help="where the PNGs and analysis.json go")
     parser.add_argument("--num-components", type=int, default=28, help="principal components of the filters")
     parser.add_argument("--dpi", type=int, default=100, help="resolution of the PNGs (dots per inch)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed for a preset")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N, ... Default: cuda if available, else cpu.")
     args = parser.parse_args(argv)
     if args.num_components < 1:
         parser.error(f"--num-components must be at least 1, got {args.num_components}")
     if args.dpi < 10:
         parser.error(f"--dpi must be at least 10, got {args.dpi}")
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from hf_vit.loading import load_image_processor, load_model
+    from hf_vit.tools import plotting
+    from hf_vit.tools.analysis import analyze
+
     try:
         plotting.require_matplotlib()
     except ImportError as error:
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.model, task="auto")
         processor = load_image_processor(args.model, model.config)
         pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
-        model = model.to(args.device)
+        model = model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         result = analyze(model, pixel_values.to(args.device), args.num_components)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

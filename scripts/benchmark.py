@@ -13,19 +13,14 @@ import importlib
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a developer tool beside the package
 
-from benchmarks.benchmarking import (  # noqa: E402
-    DTYPES,
-    IMPLEMENTATIONS,
-    MODES,
-    Settings,
-    format_markdown,
-    run_benchmark,
-    write_json,
-)
+from hf_vit.tools.cli import HelpFormatter  # noqa: E402
+
+# benchmarks.benchmarking's names, here so that --help does not import torch (tests/test_help.py checks they agree).
+DTYPES = ("fp32", "bf16", "fp16")
+IMPLEMENTATIONS = ("hf_vit", "transformers", "timm")
+MODES = ("infer", "train")
 
 SUITES = {"data": "benchmarks.data", "gpu": "benchmarks.gpu", "contention": "benchmarks.contention"}
 
@@ -39,7 +34,7 @@ def split_suite(argv: list[str] | None) -> tuple[str, list[str]]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
         "--model",
         action="append",
@@ -48,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N. Default: cuda if available, else cpu.")
     parser.add_argument(
         "--dtype",
-        choices=tuple(DTYPES),
+        choices=DTYPES,
         default=None,
         help="bf16/fp16 run under torch.autocast. Default bf16 on GPU, fp32 on CPU.",
     )
@@ -93,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     if suite != "models":
         return importlib.import_module(SUITES[suite]).main(argv)
     args = parse_args(argv)
+    import torch
+
+    from benchmarks.benchmarking import Settings, format_markdown, run_benchmark, write_json
+
     presets = [name.strip() for item in args.model or ["ViT-B/16"] for name in item.split(",") if name.strip()]
     settings = Settings(
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),

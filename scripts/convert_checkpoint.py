@@ -4,17 +4,19 @@ python scripts/convert_checkpoint.py --source jax --checkpoint ViT-B_16.npz --ou
 python scripts/convert_checkpoint.py --source jax --checkpoint ViT-B_16.npz --output vit-b16-384 --image-size 384 \\
     --num-labels 10 --labels labels.txt
 python scripts/convert_checkpoint.py --source timm --checkpoint model.safetensors --preset ViT-B/16 --output out
+python scripts/convert_checkpoint.py --source timm --checkpoint vit_base_patch16_224.augreg2_in21k_ft_in1k/ --output out
 python scripts/convert_checkpoint.py --source transformers --checkpoint vit-base-patch16-224/ --output out \\
     --base-model google/vit-base-patch16-224 --push-to-hub my-org/vit-base-patch16-224-hf-vit
 
-The folder loads with AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).
+The folder loads with AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True); its image
+processor prepares images as the source does (--preprocessing paper for hf_vit's).
 """
 
 import argparse
 import sys
 
-from hf_vit.tools.convert import SOURCES, ConversionError, convert_checkpoint
-from hf_vit.tools.hub import HubError
+from hf_vit.tools.cli import HelpFormatter
+from hf_vit.tools.convert import PREPROCESSING, SOURCES
 
 
 def parse_image_size(text: str) -> int | tuple[int, int]:
@@ -29,10 +31,12 @@ def parse_image_size(text: str) -> int | tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--source", required=True, choices=SOURCES, help="Layout of the checkpoint.")
     parser.add_argument(
-        "--checkpoint", required=True, help="The .npz (jax), .safetensors/.pth (timm) or model folder (transformers)."
+        "--checkpoint",
+        required=True,
+        help="The .npz (jax), .safetensors/.pth or timm Hub folder (timm), or model folder (transformers).",
     )
     parser.add_argument("--output", required=True, help="Folder to create (must not exist, or be empty).")
     parser.add_argument(
@@ -65,10 +69,18 @@ def main(argv: list[str] | None = None) -> int:
         help="Hub repo the checkpoint came from, for the model card (read off the path in the Hugging Face cache).",
     )
     parser.add_argument(
-        "--license", default="apache-2.0", help="License of the weights, for the model card (default: apache-2.0)."
+        "--preprocessing",
+        choices=PREPROCESSING,
+        default="source",
+        help="The image processor: the source's (a transformers folder's processor, a timm folder's pretrained "
+        "config, the official bilinear resize for JAX) or hf_vit's ('paper': bicubic resize, scaled to [-1, 1]).",
     )
+    parser.add_argument("--license", default="apache-2.0", help="License of the weights, for the model card.")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="Also upload the folder to this repo.")
     args = parser.parse_args(argv)
+    from hf_vit.tools.convert import ConversionError, convert_checkpoint
+    from hf_vit.tools.hub import HubError
+
     try:
         folder = convert_checkpoint(
             args.source,
@@ -84,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             push_to_hub=args.push_to_hub,
             base_model=args.base_model,
             license=args.license,
+            preprocessing=args.preprocessing,
         )
     except ConversionError as error:
         raise SystemExit(f"error: {error}") from None

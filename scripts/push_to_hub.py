@@ -12,11 +12,11 @@ Log in first (`hf auth login`) or set HF_TOKEN; HF_ENDPOINT selects another Hub.
 import argparse
 import sys
 
-from hf_vit.tools.hub import HubError, push_model
+from hf_vit.tools.cli import HelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, metavar="DIR", help="A folder written by save_pretrained.")
     parser.add_argument("--repo-id", required=True, metavar="ORG/NAME", help="The Hub repo (created if needed).")
     parser.add_argument("--private", action="store_true", help="Create the repo private (an existing repo is kept).")
@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         help="Also upload these files of the folder (paths relative to it), e.g. all_results.json.",
     )
     args = parser.parse_args(argv)
+    from hf_vit.tools.hub import HubError, push_model
+
     try:
         commit = push_model(
             args.model,

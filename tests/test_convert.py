@@ -123,6 +123,8 @@ def test_output_folder_holds_weights_config_processor_and_card(tmp_path):
     assert "base_model" not in card and "Changes made" not in card
     processor = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
     assert processor["size"] == {"height": 32, "width": 32} and processor["image_mean"] == [0.5, 0.5, 0.5]
+    assert processor["resample"] == 2  # bilinear: the official eval's tf.image.resize
+    assert "The image processor follows the official code's preprocessing." in card
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
@@ -414,6 +416,126 @@ def test_transformers_pooler_is_the_representation_layer(tmp_path):
         torch.testing.assert_close(ours.vit(x).pooler_output, model(x).pooler_output, atol=TOLERANCE, rtol=0)
 
 
+# --- preprocessing ----------------------------------------------------------------------------------------------
+
+
+def photo_logits(model: torch.nn.Module, pixel_values: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        out = model(pixel_values)
+    return getattr(out, "logits", out).double().numpy()
+
+
+TRANSFORMERS_PROCESSORS = {
+    # transformers' ViT default (bilinear), with ImageNet statistics
+    "resize": dict(size={"height": 32, "width": 32}, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]),
+    # DeiT-style: the shorter side to 36 px, a 32 px centre crop, bicubic
+    "shorter_side_and_crop": dict(
+        size={"shortest_edge": 36}, do_center_crop=True, crop_size={"height": 32, "width": 32}, resample=3
+    ),
+}
+
+
+@pytest.mark.parametrize("case", TRANSFORMERS_PROCESSORS)
+def test_transformers_folder_keeps_its_processor_logits_equal_on_a_photo(tmp_path, photo, case):
+    from transformers import AutoImageProcessor, ViTImageProcessor
+
+    model = transformers_vit()
+    model.save_pretrained(tmp_path / "source")
+    ViTImageProcessor(**TRANSFORMERS_PROCESSORS[case]).save_pretrained(tmp_path / "source")
+    run_cli("--source", "transformers", "--checkpoint", tmp_path / "source", "--output", tmp_path / "out")
+    source_pixels = AutoImageProcessor.from_pretrained(tmp_path / "source")(photo, return_tensors="pt").pixel_values
+    pixels = AutoImageProcessor.from_pretrained(tmp_path / "out")(photo, return_tensors="pt").pixel_values
+    torch.testing.assert_close(pixels, source_pixels, atol=0, rtol=0)
+    expected = photo_logits(model, source_pixels)
+    np.testing.assert_allclose(photo_logits(load_converted(tmp_path / "out"), pixels), expected, atol=TOLERANCE, rtol=0)
+
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "The image processor follows the source folder's." in card
+    run_cli(
+        *("--source", "transformers", "--checkpoint", tmp_path / "source", "--output", tmp_path / "ours"),
+        *("--preprocessing", "paper", "--image-size", "48"),
+    )
+    ours = json.loads((tmp_path / "ours" / "preprocessor_config.json").read_text())
+    assert (ours["size"], ours["resample"], ours["image_mean"]) == ({"height": 48, "width": 48}, 3, [0.5] * 3)
+    assert "The image processor is hf_vit's (as asked)." in (tmp_path / "ours" / "README.md").read_text()
+
+
+def test_transformers_processor_follows_a_new_image_size(tmp_path):
+    from transformers import ViTImageProcessor
+
+    transformers_vit().save_pretrained(tmp_path / "source")
+    ViTImageProcessor(**TRANSFORMERS_PROCESSORS["shorter_side_and_crop"]).save_pretrained(tmp_path / "source")
+    convert_checkpoint("transformers", tmp_path / "source", tmp_path / "out", image_size=64)
+    saved = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
+    # the crop keeps its share of the shorter side: 32 of 36 px becomes 64 of 72
+    assert (saved["size"], saved["crop_size"], saved["resample"]) == (
+        {"shortest_edge": 72},
+        {"height": 64, "width": 64},
+        3,
+    )
+    with pytest.raises(
+        ConversionError,
+        match=r"\(the source folder's\) resizes the shorter side and crops a square, which cannot make 64×96 inputs",
+    ):
+        convert_checkpoint("transformers", tmp_path / "source", tmp_path / "wide", image_size=(64, 96))
+
+
+# timm pretrained configs: the usual 224 px ViT (crop_pct 0.9 of the shorter side, bicubic, [-1, 1]) and timm's
+# 384 px style (squash), here with a crop and ImageNet statistics. transformers' centre crop starts at floor(margin/2),
+# timm's at round(margin/2), half to even: they differ by a pixel when a margin is 3 mod 4. On the 427×640 photo the
+# margins here are 4 and 25 (40 px model: 44×65 resized) and 4 and 4 (32 px: 36×36 resized), where both agree.
+TIMM_PREPROCESSING = {
+    "shorter_side_crop": (40, dict(crop_pct=0.9, crop_mode="center", interpolation="bicubic")),
+    "squash_crop": (
+        32,
+        dict(crop_pct=0.875, crop_mode="squash", interpolation="bilinear", mean=(0.485, 0.456, 0.406), std=(0.2,) * 3),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", TIMM_PREPROCESSING)
+def test_timm_folder_keeps_its_pretrained_config_logits_equal_on_a_photo(tmp_path, photo, case):
+    timm = pytest.importorskip("timm")
+    from timm.data import create_transform, resolve_data_config
+    from timm.models import save_for_hf
+    from transformers import AutoImageProcessor
+
+    size, overlay = TIMM_PREPROCESSING[case]
+    fields = dict(img_size=size, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=5)
+    source = timm.create_model("vit_tiny_patch16_224.augreg_in21k_ft_in1k", pretrained_cfg_overlay=overlay, **fields)
+    save_for_hf(randomize(source), tmp_path / "timm", safe_serialization=True)  # a timm Hub folder
+    reloaded = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()  # as timm users load it
+    expected_pixels = create_transform(**resolve_data_config(model=reloaded))(photo)[None]
+    expected = photo_logits(reloaded, expected_pixels)
+    run_cli("--source", "timm", "--checkpoint", tmp_path / "timm", "--num-heads", "4", "--output", tmp_path / "out")
+    # The PIL backend resamples as timm (PIL) does; the default torchvision backend differs by an 8-bit level here
+    # and there.
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "out", backend="pil")
+    pixels = processor(photo, return_tensors="pt").pixel_values
+    torch.testing.assert_close(pixels, expected_pixels, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(photo_logits(load_converted(tmp_path / "out"), pixels), expected, atol=TOLERANCE, rtol=0)
+    assert "The image processor follows timm's pretrained config." in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_timm_file_without_pretrained_config_gets_hf_vit_preprocessing(tmp_path):
+    save_file(timm_model().state_dict(), tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit"}))  # beside it, but not timm's
+    convert_checkpoint("timm", tmp_path / "model.safetensors", tmp_path / "out", num_heads=4)
+    saved = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
+    assert (saved["resample"], saved["image_mean"], saved.get("do_center_crop")) == (3, [0.5] * 3, None)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "is hf_vit's (the checkpoint does not say how its source prepares images)" in card
+
+
+def test_timm_border_crop_mode_is_refused_by_name(tmp_path):
+    save_file(timm_model().state_dict(), tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"pretrained_cfg": {"crop_mode": "border"}}))
+    with pytest.raises(ConversionError, match=r"crop mode 'border' .* Pass --preprocessing paper"):
+        convert_checkpoint("timm", tmp_path, tmp_path / "out", num_heads=4)
+    convert_checkpoint("timm", tmp_path, tmp_path / "out", num_heads=4, preprocessing="paper")
+    assert (tmp_path / "out" / "preprocessor_config.json").is_file()
+
+
 # --- bad input --------------------------------------------------------------------------------------------------
 
 
@@ -569,10 +691,10 @@ def test_existing_output_is_left_untouched(tmp_path):
 def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
     from hf_vit.tools.convert import common
 
-    def broken_processor(config):
+    def broken_save(card, path):
         raise OSError("disk full")
 
-    monkeypatch.setattr(common, "create_image_processor", broken_processor)  # after the weights are written
+    monkeypatch.setattr(common.ModelCard, "save", broken_save)  # the card is written after weights and processor
     checkpoint = save_npz(tmp_path / "ckpt.npz", nv.make_params())
     with pytest.raises(OSError, match="disk full"):
         convert_checkpoint("jax", checkpoint, tmp_path / "out")

@@ -314,6 +314,25 @@ def test_model_card_describes_the_preset_and_its_results():
         render_model_card(config, source="x", results={"accuracy": 0.5})
 
 
+def test_card_title_names_the_folder_or_repo_and_the_example_loads_the_path(tmp_path):
+    config = hf_vit.VisionTransformerConfig(**TINY)
+    folder = tmp_path / "runs" / "ft"
+    for model_id, title in [(str(folder), "ft"), (f"{folder}/", "ft"), ("org/vit-digits", "vit-digits"), (None, None)]:
+        card = render_model_card(config, source="x", model_id=model_id)
+        heading = next(line for line in card.text.splitlines() if line.startswith("# "))
+        assert heading == f"# {title or 'Custom ViT'}"
+        loads = f'from_pretrained("{model_id or "path/to/model"}", trust_remote_code=True)'
+        assert loads in card.text, "the loading example keeps the path as given"
+    assert (
+        next(
+            line
+            for line in render_model_card(hf_vit.create_config("ViT-B/16"), source="x").text.splitlines()
+            if line.startswith("# ")
+        )
+        == "# ViT-B/16"
+    )
+
+
 def table_rows(markdown: str) -> list[list[str]]:
     """The cells of every table row as a Markdown renderer (markdown-it, with GitHub's tables) reads them."""
     rows, cell_open = [], False

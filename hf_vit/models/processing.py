@@ -1,5 +1,7 @@
 """The paper's preprocessing as a stock transformers image processor (no custom class to ship)."""
 
+from typing import Any
+
 from transformers import BaseImageProcessor
 from transformers.image_utils import PILImageResampling
 from transformers.utils import is_torchvision_available
@@ -7,9 +9,10 @@ from transformers.utils import is_torchvision_available
 from .configuration import to_pair
 
 
-def create_image_processor(config) -> BaseImageProcessor:
-    """Resize to the model's `image_size` (bicubic, as the official eval) and scale to [-1, 1] (mean = std = 0.5).
+def create_image_processor(config, **overrides: Any) -> BaseImageProcessor:
+    """Resize to the model's `image_size` (bicubic, as timm evaluates the official weights) and scale to [-1, 1].
 
+    `overrides` replace any of these settings (a converted checkpoint keeps its source's resize, crop, mean and std).
     The torchvision-backed `ViTImageProcessor` when torchvision is installed, its PIL twin otherwise; both save a
     `preprocessor_config.json` that `AutoImageProcessor` and pipelines load without remote code.
     """
@@ -18,7 +21,7 @@ def create_image_processor(config) -> BaseImageProcessor:
     else:
         from transformers import ViTImageProcessorPil as processor_class
     height, width = to_pair(config.image_size)
-    return processor_class(
+    settings = dict(
         do_resize=True,
         size={"height": height, "width": width},
         resample=PILImageResampling.BICUBIC,
@@ -28,3 +31,4 @@ def create_image_processor(config) -> BaseImageProcessor:
         image_mean=[0.5] * config.num_channels,
         image_std=[0.5] * config.num_channels,
     )
+    return processor_class(**(settings | overrides))

@@ -68,6 +68,13 @@ def table_text(text: Any) -> str:
     return html.escape(MARKDOWN_MARKUP.sub(r"\\\1", " ".join(str(text).splitlines())), quote=False)
 
 
+def card_name(model_id: str) -> str:
+    """The card's title: the name of a Hub repo or of a local folder, not the path of the machine that wrote the card
+    (`# /tmp/run/ft`)."""
+    name = re.split(r"[\\/]", model_id.rstrip("/\\"))[-1]
+    return Path(model_id).expanduser().resolve().name if name in ("", ".", "..", "~") else name
+
+
 def _plain(value: Any) -> Any:
     """Tuples and lists compare equal after this (configs store pairs as lists once saved)."""
     return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
@@ -150,6 +157,7 @@ def render_model_card(
     results_dataset: str | None = None,
     results_split: str = "validation",
     license: str = "apache-2.0",
+    preprocessing: str | None = None,
 ) -> ModelCard:
     """The model card of a ViT or hybrid: Hub metadata, architecture, origin, evaluation, usage, limits, citation.
 
@@ -168,6 +176,8 @@ def render_model_card(
             published as "local dataset".
         results_split: the split those results are on.
         license: an SPDX-style license id for the weights.
+        preprocessing: what the image processor does to an image, when it is not hf_vit's (a resize to the
+            model's size and scaling to [-1, 1]).
     """
     config = model_or_config if isinstance(model_or_config, PretrainedConfig) else model_or_config.config
     datasets = [datasets] if isinstance(datasets, str) else list(datasets or [])
@@ -181,7 +191,7 @@ def render_model_card(
     preset = find_preset(config)
     family = "ResNet+ViT hybrid" if is_hybrid(config) else "ViT"
     architecture_name = preset or f"Custom {family}"
-    model_name = (model_id or preset or family).rstrip("/").split("/")[-1]
+    model_name = card_name(model_id) if model_id else architecture_name
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag=task,
@@ -197,7 +207,7 @@ def render_model_card(
     grid = config.grid_size
     labels = [table_text(config.id2label[i]) for i in sorted(config.id2label)] if classifier else []
     facts = {
-        "title": model_id or architecture_name,
+        "title": model_name,
         "model_id": model_id or "path/to/model",
         "architecture_name": architecture_name,
         "task": task,
@@ -225,6 +235,7 @@ def render_model_card(
         "representation_size": config.representation_size,
         "activation": ACTIVATIONS.get(config.hidden_act, config.hidden_act),
         "pos_embed_resize": RESIZES[config.pos_embed_interpolation],
+        "preprocessing": preprocessing or "scaled to [-1, 1]",
     }
     if is_hybrid(config):
         facts |= {

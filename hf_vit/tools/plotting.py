@@ -1,15 +1,16 @@
-"""Figures for `hf_vit.analysis`: attention rollout, attention distance, position embeddings and filters.
+"""Figures: the analyses of `hf_vit.tools.analysis` (attention rollout, attention distance, position embeddings and
+filters) and a training run's curve (`log.jsonl`).
 
 Needs matplotlib (`pip install hf_vit[analysis]`). Figures are built with the object-oriented API
 (`matplotlib.figure.Figure`), so no pyplot state or interactive backend is touched.
 """
 
+import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from .analysis import patch_distances
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -180,6 +181,8 @@ def overview_figure(result: "AnalysisResult", image: np.ndarray, readout: str) -
 
 def _distance_scale(result: "AnalysisResult") -> tuple[np.ndarray, float, float]:
     """The distances, the largest distance between two patch centres (top of the axis) and uniform attention's."""
+    from .analysis import patch_distances  # torch: only the analysis figures need it
+
     distances = patch_distances(result.grid, result.token_stride).numpy()
     return result.attention_distance.numpy(), float(distances.max()) or 1.0, float(distances.mean())
 
@@ -196,3 +199,86 @@ def save_figure(figure: "Figure", path: str | Path, dpi: int = 100) -> Path:
     path = Path(path)
     figure.savefig(path, dpi=dpi)
     return path
+
+
+def read_training_log(path: str | os.PathLike) -> tuple[dict[int, dict], dict[int, dict]]:
+    """The training points ({step: {"train_loss", "learning_rate"}}) and evaluation points ({step: {"eval_loss",
+    "eval_accuracy", ...}}) of a run's `log.jsonl`, in step order.
+
+    A step logged twice (a run resumed from an earlier checkpoint) keeps its last value; a last line cut short (a
+    run stopped while writing it) is left out; any other line that is not a JSON object with a step is an error.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"Cannot read the training log {path}: {error}") from None
+    train: dict[int, dict] = {}
+    evaluation: dict[int, dict] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            step = int(record["step"])
+        except (ValueError, TypeError, KeyError):
+            if number == len(lines):  # no newline after it: cut short
+                continue
+            raise ValueError(f"{path}, line {number}: not a log record with a step: {line[:80]!r}") from None
+        if "train_loss" in record:
+            train[step] = record
+        if "eval_loss" in record or "eval_accuracy" in record:
+            evaluation[step] = record
+    if not train and not evaluation:
+        raise ValueError(f"{path} holds no training or evaluation points yet.")
+    return dict(sorted(train.items())), dict(sorted(evaluation.items()))
+
+
+def training_curve_figure(train: dict[int, dict], evaluation: dict[int, dict], title: str) -> "Figure":
+    """Loss (training and held-out), held-out accuracy and learning rate against the update step."""
+    figure = _new_figure(14, 4)
+    loss_ax, accuracy_ax, lr_ax = figure.subplots(1, 3)
+    figure.suptitle(title)
+    if train:
+        loss_ax.plot(list(train), [point["train_loss"] for point in train.values()], label="training")
+    held_out = {step: point["eval_loss"] for step, point in evaluation.items() if "eval_loss" in point}
+    if held_out:
+        loss_ax.plot(list(held_out), list(held_out.values()), marker="o", label="held out")
+    loss_ax.set_title("Loss")
+    loss_ax.legend()
+    accuracy = {step: point["eval_accuracy"] for step, point in evaluation.items() if "eval_accuracy" in point}
+    if accuracy:
+        accuracy_ax.plot(list(accuracy), [100 * value for value in accuracy.values()], marker="o", color="C1")
+        best_step = max(accuracy, key=accuracy.get)
+        accuracy_ax.annotate(
+            f"{100 * accuracy[best_step]:.1f}%",
+            (best_step, 100 * accuracy[best_step]),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+        )
+    else:
+        accuracy_ax.text(0.5, 0.5, "no evaluation yet", ha="center", va="center", transform=accuracy_ax.transAxes)
+    accuracy_ax.set_title("Held-out accuracy (%)")
+    rates = {step: point["learning_rate"] for step, point in train.items() if "learning_rate" in point}
+    lr_ax.plot(list(rates), list(rates.values()), color="C2")
+    lr_ax.set_title("Learning rate")
+    for ax in (loss_ax, accuracy_ax, lr_ax):
+        ax.set_xlabel("Update step")
+        ax.grid(alpha=0.3)
+    return figure
+
+
+def save_training_curve(log_path: str | os.PathLike, png_path: str | os.PathLike) -> Path | None:
+    """Draw a run's `log.jsonl` as a PNG (loss, held-out accuracy, learning rate); return its path.
+
+    Returns None, drawing nothing, when matplotlib is not installed: the curve is an extra, not a reason to fail a
+    run. A log that cannot be read or has no points is a ValueError.
+    """
+    try:
+        require_matplotlib()
+    except ImportError:
+        return None
+    train, evaluation = read_training_log(log_path)
+    title = f"Training curve of {Path(log_path).resolve().parent.name}"
+    return save_figure(training_curve_figure(train, evaluation, title), png_path)

@@ -13,18 +13,22 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from huggingface_hub import ModelCard
-from transformers import AutoModelForImageClassification, PreTrainedModel
+from transformers import AutoModelForImageClassification, BaseImageProcessor, PreTrainedModel
 
 from ...models.configuration import HybridVisionTransformerConfig, VisionTransformerConfig, resnet_stride, to_pair
 from ...models.presets import create_config
 from ...models.processing import create_image_processor
 from ...transfer import replace_head, resize_to
+from ..files import file_in_folder
 from ..model_card import render_model_card, weight_changes
+
+if TYPE_CHECKING:
+    from .preprocessing import Preprocessing
 
 # Fields that define the architecture: a preset must agree with the checkpoint on these.
 ARCHITECTURE_FIELDS = (
@@ -39,6 +43,8 @@ ARCHITECTURE_FIELDS = (
 # Fields a preset contributes that weights cannot show (the training-time regularisation).
 PRESET_ONLY_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate")
 BACKBONE = "vit.embeddings.patch_embeddings.backbone."
+# The weights of a saved model folder (transformers' save_pretrained, timm's save_for_hf), in the order preferred.
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # How a model card names each source layout.
 SOURCE_DESCRIPTIONS = {"jax": "official JAX (.npz)", "timm": "timm", "transformers": "transformers ViT"}
 
@@ -62,12 +68,22 @@ class ConversionError(ValueError):
 
 @dataclass
 class Converted:
-    """A checkpoint in our terms: the config, the weights under our names, and what was done to them."""
+    """A checkpoint in our terms: the config, the weights under our names, what was done to them, and how the source
+    prepares images (None when the checkpoint does not say)."""
 
     config: VisionTransformerConfig
     state_dict: dict[str, torch.Tensor]
     source: str
     notes: list[str] = field(default_factory=list)
+    preprocessing: "Preprocessing | None" = None
+
+
+def inside_folder(folder: Path, name: str, named_by: str = "") -> Path:
+    """`folder / name` for a file that conversion reads, refused when it lies outside the checkpoint folder."""
+    try:
+        return file_in_folder(folder, name)
+    except ValueError as error:
+        raise ConversionError(f"{named_by}{error}; conversion reads only files inside the checkpoint folder.") from None
 
 
 def format_keys(keys: Iterable[str], limit: int = 8) -> str:
@@ -236,7 +252,7 @@ def adapt(
         config.id2label = dict(enumerate(labels))
         config.label2id = {label: index for index, label in enumerate(labels)}
     notes = converted.notes + weight_changes(converted.config, config, new_head)
-    return Converted(config, state, converted.source, notes)
+    return Converted(config, state, converted.source, notes, converted.preprocessing)
 
 
 def build_model(converted: Converted) -> PreTrainedModel:
@@ -319,18 +335,32 @@ def conversion_card(
     model_id: str | None = None,
     base_model: str | None = None,
     license: str = "apache-2.0",
+    preprocessing: tuple[str, str] | None = None,
 ) -> ModelCard:
-    """The converted folder's card: from which checkpoint, and what changed on the way (a resize, a new head)."""
+    """The converted folder's card: from which checkpoint, and what changed on the way (a resize, a new head).
+
+    `preprocessing` is (what the image processor does, a sentence saying whose preprocessing it is).
+    """
     described = f"{SOURCE_DESCRIPTIONS.get(source, source)} checkpoint `{Path(checkpoint).name}`"
     text = f"Converted with hf_vit's `scripts/convert_checkpoint.py` from the {described}"
     text += "." if converted.notes else "; the weights are as in the checkpoint, under hf_vit's names."
+    steps, origin = preprocessing or (None, "")
     return render_model_card(
-        model, source=text, changes=converted.notes, model_id=model_id, base_model=base_model, license=license
+        model,
+        source=f"{text} {origin}".strip(),
+        changes=converted.notes,
+        model_id=model_id,
+        base_model=base_model,
+        license=license,
+        preprocessing=steps,
     )
 
 
-def save_folder(model: PreTrainedModel, card: ModelCard, output: Path) -> Path:
-    """Write weights, config, code, image processor and model card into a temporary folder, then move it in place.
+def save_folder(
+    model: PreTrainedModel, card: ModelCard, output: Path, processor: BaseImageProcessor | None = None
+) -> Path:
+    """Write weights, config, code, image processor (hf_vit's unless `processor` is given) and model card into a
+    temporary folder, then move it in place.
 
     A failure part-way leaves `output` as it was: the temporary folder sits next to it and is removed.
     """
@@ -339,7 +369,7 @@ def save_folder(model: PreTrainedModel, card: ModelCard, output: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         model.save_pretrained(staging)
-        create_image_processor(model.config).save_pretrained(staging)
+        (processor or create_image_processor(model.config)).save_pretrained(staging)
         card.save(staging / "README.md")
         if output.exists():
             output.rmdir()

@@ -28,6 +28,7 @@ from .common import (
     square_grid,
     to_tensor,
 )
+from .preprocessing import official_preprocessing
 
 PREFIXES = ("opt/target/", "params/")
 BLOCK = re.compile(r"^Transformer/encoderblock_(\d+)/([^/]+)/")
@@ -235,5 +236,7 @@ def convert_jax_params(params: dict[str, np.ndarray], preset: str | None = None,
 
 
 def load_jax(path: str | os.PathLike, preset: str | None = None) -> Converted:
-    """Convert the official .npz checkpoint at `path`."""
-    return convert_jax_params(load_npz(path), preset, what=f"JAX checkpoint {Path(path).name}")
+    """Convert the official .npz checkpoint at `path`, with the official eval preprocessing."""
+    converted = convert_jax_params(load_npz(path), preset, what=f"JAX checkpoint {Path(path).name}")
+    converted.preprocessing = official_preprocessing(converted.config.num_channels)
+    return converted

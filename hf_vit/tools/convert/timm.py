@@ -2,10 +2,12 @@
 
 timm's fused qkv, MLP and norms match ours name for name. The weights cannot show the number of attention heads:
 it comes from `num_heads`, a preset, or the paper's width table (192 → 3, 384 → 6, 768 → 12, 1024 and 1280 → 16).
-timm's own numerics are carried: exact GELU, LayerNorm eps 1e-6, bicubic position-embedding resize.
+timm's own numerics are carried: exact GELU, LayerNorm eps 1e-6, bicubic position-embedding resize; and from a timm
+Hub folder (config.json beside the weights), the preprocessing of its `pretrained_cfg`.
 """
 
 import codecs
+import json
 import os
 import pickle
 import re
@@ -21,16 +23,19 @@ from .common import (
     DOWNSAMPLE_TENSORS,
     LAYER_TENSORS,
     UNIT_TENSORS,
+    WEIGHT_FILES,
     ConversionError,
     Converted,
     KeyReader,
     geometry_fields,
+    inside_folder,
     is_square,
     make_config,
     shape_of,
     square_grid,
     to_tensor,
 )
+from .preprocessing import timm_preprocessing
 
 BLOCK = re.compile(r"^blocks\.(\d+)\.")
 STAGE_UNIT = re.compile(r"^patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.")
@@ -218,6 +223,30 @@ def convert_timm_state_dict(
     return Converted(config, {key: to_tensor(value) for key, value in state.items()}, what)
 
 
+def timm_files(path: str | os.PathLike) -> tuple[Path, dict[str, Any] | None]:
+    """The weights file of a timm checkpoint (a file, or a timm Hub folder) and the `pretrained_cfg` of the
+    config.json beside it (None when there is none)."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    if path.is_dir():
+        weights = [inside_folder(folder, name) for name in WEIGHT_FILES]
+        path = next((file for file in weights if file.is_file()), None)
+        if path is None:
+            raise ConversionError(f"{folder} holds no timm weights ({' or '.join(WEIGHT_FILES)}).")
+    config_file = inside_folder(folder, "config.json")
+    try:
+        pretrained_cfg = json.loads(config_file.read_text(encoding="utf-8")).get("pretrained_cfg")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        pretrained_cfg = None  # no config.json, or not timm's
+    return path, pretrained_cfg if isinstance(pretrained_cfg, dict) else None
+
+
 def load_timm(path: str | os.PathLike, preset: str | None = None, num_heads: int | None = None) -> Converted:
-    """Convert the timm checkpoint at `path` (.safetensors, .pth or .bin)."""
-    return convert_timm_state_dict(load_state_dict(path), preset, num_heads, what=f"timm checkpoint {Path(path).name}")
+    """Convert the timm checkpoint at `path` (.safetensors, .pth, .bin, or a timm Hub folder holding one); a timm
+    config.json beside the weights gives the preprocessing."""
+    weights, pretrained_cfg = timm_files(path)
+    what = f"timm checkpoint {weights.name}"
+    converted = convert_timm_state_dict(load_state_dict(weights), preset, num_heads, what=what)
+    if pretrained_cfg is not None:
+        converted.preprocessing = timm_preprocessing(pretrained_cfg, what)
+    return converted

@@ -3,7 +3,8 @@
 `save_pretrained` writes the old names (`encoder.layer.N.attention.attention.query`); transformers 5 models hold
 the new ones in memory (`layers.N.attention.q_proj`); both are read. `ViTModel` folders (no `vit.` prefix, maybe
 a pooler) convert too: the pooler (Dense + tanh on the class token) is the paper's representation layer.
-The source's GELU (`hidden_act`), LayerNorm eps, labels and bicubic position-embedding resize are carried.
+The source's GELU (`hidden_act`), LayerNorm eps, labels, bicubic position-embedding resize and image processor
+are carried.
 """
 
 import json
@@ -14,8 +15,18 @@ from typing import Any
 
 import torch
 
-from ..files import file_in_folder
-from .common import LAYER_TENSORS, ConversionError, Converted, KeyReader, make_config, shape_of, to_tensor
+from .common import (
+    LAYER_TENSORS,
+    WEIGHT_FILES,
+    ConversionError,
+    Converted,
+    KeyReader,
+    inside_folder,
+    make_config,
+    shape_of,
+    to_tensor,
+)
+from .preprocessing import read_processor
 from .timm import load_state_dict
 
 # (pattern, replacement) from either naming to one canonical spelling, per encoder layer.
@@ -33,15 +44,6 @@ RENAMES = [
     (r"^layers\.(\d+)\.layernorm_after\.", r"layers.\1.norm2."),
 ]
 LAYER = re.compile(r"^layers\.(\d+)\.")
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-def _inside(folder: Path, name: str, named_by: str = "") -> Path:
-    """`folder / name` for a file that conversion reads, refused when it lies outside the checkpoint folder."""
-    try:
-        return file_in_folder(folder, name)
-    except ValueError as error:
-        raise ConversionError(f"{named_by}{error}; conversion reads only files inside the checkpoint folder.") from None
 
 
 def load_folder(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -52,7 +54,7 @@ def load_folder(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torc
     folder = Path(path)
     if folder.is_file():
         folder = folder.parent
-    config_file = _inside(folder, "config.json")
+    config_file = inside_folder(folder, "config.json")
     if not config_file.is_file():
         raise ConversionError(f"{path} is not a transformers model folder: it has no config.json.")
     try:
@@ -62,11 +64,11 @@ def load_folder(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torc
     if not isinstance(config, dict):
         raise ConversionError(f"{config_file} does not hold a JSON object.")
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index_file = _inside(folder, index_name)
+        index_file = inside_folder(folder, index_name)
         if index_file.is_file():
             try:
                 shards = sorted(set(json.loads(index_file.read_text(encoding="utf-8"))["weight_map"].values()))
-                shard_files = [_inside(folder, shard, f"{index_file}: shard ") for shard in shards]
+                shard_files = [inside_folder(folder, shard, f"{index_file}: shard ") for shard in shards]
             except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
                 raise ConversionError(f"{index_file} is not a weight index ({error}).") from None
             state: dict[str, torch.Tensor] = {}
@@ -74,7 +76,7 @@ def load_folder(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torc
                 state.update(load_state_dict(shard_file))
             return config, state
     for name in WEIGHT_FILES:
-        if (weights := _inside(folder, name)).is_file():
+        if (weights := inside_folder(folder, name)).is_file():
             return config, load_state_dict(weights)
     raise ConversionError(f"{folder} has no weights ({', '.join(WEIGHT_FILES)} or a sharded index).")
 
@@ -178,6 +180,10 @@ def convert_transformers_folder(
 
 
 def load_transformers(path: str | os.PathLike, preset: str | None = None) -> Converted:
-    """Convert the transformers ViT folder at `path`."""
+    """Convert the transformers ViT folder at `path`, with its image processor's preprocessing."""
     config, state_dict = load_folder(path)
-    return convert_transformers_folder(config, state_dict, preset, what=f"transformers checkpoint {Path(path).name}")
+    what = f"transformers checkpoint {Path(path).name}"
+    converted = convert_transformers_folder(config, state_dict, preset, what=what)
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    converted.preprocessing = read_processor(folder, what)
+    return converted
