@@ -116,7 +116,7 @@ class Settings:
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}.")
         if self.cpu_memory and device.type == "cpu" and not os.path.exists("/proc/self/clear_refs"):
-            raise ValueError("cpu_memory reads the peak resident size from /proc (Linux); leave it off here.")
+            raise ValueError("--cpu-memory reads the peak resident size from /proc (Linux); leave it off here.")
 
 
 # --- FLOPs -------------------------------------------------------------------------------------------------------
@@ -603,7 +603,7 @@ def summarise(
         if ours["peak_memory_bytes"] and result["peak_memory_bytes"]:
             memory = ours["peak_memory_bytes"] / result["peak_memory_bytes"]
         ratios[name] = {"throughput": ours["images_per_s"] / result["images_per_s"], "peak_memory": memory}
-    memory_method = "n/a on CPU (pass cpu_memory for peak RSS growth in a fresh process)"
+    memory_method = "n/a on CPU (pass --cpu-memory for peak RSS growth in a fresh process)"
     if device.type == "cuda":
         memory_method = "torch.cuda.max_memory_allocated during one step, beyond resident, plus own weights"
     elif settings.cpu_memory:

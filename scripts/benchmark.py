@@ -80,6 +80,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", default=None, metavar="PATH", help="Also write the full report here.")
     parser.add_argument("--smoke", action="store_true", help="A tiny model, batch 2, one iteration: checks it runs.")
+    parser.add_argument(
+        "--suite", choices=("models", *SUITES), default="models", help="Another benchmark, with its own flags (--help)."
+    )
     return parser.parse_args(argv)
 
 

@@ -15,11 +15,12 @@ from ..loading import load_model, model_source, parse_overrides
 from ..models.configuration import to_pair
 from ..models.processing import create_image_processor
 from ..tools.model_card import hub_id, render_model_card
+from ..tools.plotting import save_training_curve
 from .arguments import PretrainingArguments
 from .augmentation import batch_mixing, build_transforms
 from .checkpoints import write_folder_atomically
 from .data import Collate, ImageData, ImageSamples, StreamedImages, dataset_title, load_image_data, worker_count
-from .loop import PretrainingLoop
+from .loop import LOG_FILE, PretrainingLoop
 from .optimization import build_optimizer, build_scheduler, warmup_length, weight_average
 from .run import check_world_size, cpu_only_processes, prepare_output_dir
 from .runtime import loader_options
@@ -187,6 +188,8 @@ def save_final(accelerator, model, args: PretrainingArguments, results: dict[str
             pretraining_card(model, args, results, data).save(folder / "README.md")
 
         write_folder_atomically(Path(args.output_dir), write)
+        # The run's loss and accuracy against the updates, beside the results (nothing without matplotlib).
+        save_training_curve(Path(args.output_dir) / LOG_FILE, Path(args.output_dir) / "training_curve.png")
     accelerator.wait_for_everyone()
 
 
