@@ -233,17 +233,23 @@ def finetune(args: FinetuningArguments | None = None, /, **fields: Any) -> dict[
         trainer.average_into_model()  # the averaged weights are the ones evaluated as eval_* and saved
     trainer.log_metrics("eval", metrics)
     results = {**trained.metrics, **metrics}
-    staging = Path(args.output_dir) / STAGING_FINAL
+    save_finetuned(trainer, finetuning_card(args, trainer.args, model, results, data.eval_split, changes), results)
+    return results
+
+
+def save_finetuned(trainer: FinetuningTrainer, card: ModelCard, results: dict[str, Any]) -> None:
+    """The model, processor, card and all_results.json, written aside and moved into the output folder at once."""
+    output_dir = Path(trainer.args.output_dir)
+    staging = output_dir / STAGING_FINAL
     if trainer.is_world_process_zero():
-        staging_folder(Path(args.output_dir))
+        staging_folder(output_dir)
     with disk_full_as_oserror(staging, "the final model"):
-        trainer.save_model(str(staging))
+        trainer.save_model(str(staging))  # every process: sharded weights are gathered
         if trainer.is_world_process_zero():
             (staging / "all_results.json").write_text(json.dumps(results, indent=2))
-            finetuning_card(args, trainer.args, model, results, data.eval_split, changes).save(staging / "README.md")
-            move_into_place(staging, Path(args.output_dir))
+            card.save(staging / "README.md")
+            move_into_place(staging, output_dir)
     trainer.accelerator.wait_for_everyone()
-    return results
 
 
 def finetuning_card(
