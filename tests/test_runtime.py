@@ -4,6 +4,7 @@ import time
 
 import pytest
 import torch
+from conftest import TINY_RUN, load_script
 
 from hf_vit.training import runtime
 from hf_vit.training.runtime import DataWait, ThreadGovernor, choose_threads, default_num_workers, loader_options
@@ -65,6 +66,19 @@ def test_fixed_threads_do_not_move_and_only_the_cpu_is_governed(monkeypatch):
     assert ThreadGovernor.for_device(torch.device("cuda")) is None
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert not ThreadGovernor.for_device(torch.device("cpu")).adaptive
+
+
+def test_a_run_leaves_torch_threads_as_it_found_them(digits_folder, tmp_path):
+    """The governor sets torch's process-wide thread count for the run only: code after it (a test comparing
+    logits with another process, a notebook) computes with the threads it had."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        argv = [*TINY_RUN, "--dataset", str(digits_folder), "--max-steps", "2", "--threads", "1"]
+        assert load_script("pretrain").main([*argv, "--output-dir", str(tmp_path / "run")]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_worker_and_loader_defaults(monkeypatch):

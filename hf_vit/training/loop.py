@@ -51,7 +51,7 @@ class PretrainingLoop:
         self.mixing = mixing
         self.ema = ema  # torch.optim.swa_utils.AveragedModel of the weights, evaluated and saved when given
         self.normalize = Normalize()  # the loaders give uint8 pixels: scaled to [-1, 1] here, on the device
-        self.threads = ThreadGovernor.for_device(accelerator.device, args.threads)
+        self.threads: ThreadGovernor | None = None  # set by `run`, for the run only
         self.data_wait = DataWait()
         self.output_dir = Path(args.output_dir)
         self.eval_every = args.eval_every or default_interval(total_steps)
@@ -82,6 +82,15 @@ class PretrainingLoop:
         return classification_loss(self.model(pixel_values=pixels).logits, targets, self.args.label_smoothing)
 
     def run(self) -> dict[str, Any]:
+        """Train to `total_steps` and evaluate; torch's thread count is the process's own again afterwards."""
+        threads_before = torch.get_num_threads()
+        self.threads = ThreadGovernor.for_device(self.accelerator.device, self.args.threads)
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(threads_before)
+
+    def _run(self) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         accelerator, args = self.accelerator, self.args
