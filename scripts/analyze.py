@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from hf_vit.tools.cli import HelpFormatter
+from _cli import HelpFormatter
 
 
 def load_images(paths: list[str]) -> list:

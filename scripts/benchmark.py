@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a developer tool beside the package
 
-from hf_vit.tools.cli import HelpFormatter  # noqa: E402
+from _cli import HelpFormatter  # noqa: E402
 
 # benchmarks.benchmarking's names, here so that --help does not import torch (tests/test_help.py checks they agree).
 DTYPES = ("fp32", "bf16", "fp16")

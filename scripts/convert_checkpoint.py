@@ -15,7 +15,8 @@ processor prepares images as the source does (--preprocessing paper for hf_vit's
 import argparse
 import sys
 
-from hf_vit.tools.cli import HelpFormatter
+from _cli import HelpFormatter
+
 from hf_vit.tools.convert import PREPROCESSING, SOURCES
 
 

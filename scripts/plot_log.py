@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hf_vit.tools.cli import HelpFormatter
+from _cli import HelpFormatter
 
 LOG_FILE = "log.jsonl"
 CURVE_FILE = "training_curve.png"

@@ -11,7 +11,7 @@ and the rest are classified. The scores are those of transformers' image-classif
 import argparse
 import sys
 
-from hf_vit.tools.cli import HelpFormatter
+from _cli import HelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ Log in first (`hf auth login`) or set HF_TOKEN; HF_ENDPOINT selects another Hub.
 import argparse
 import sys
 
-from hf_vit.tools.cli import HelpFormatter
+from _cli import HelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:

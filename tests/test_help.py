@@ -7,7 +7,7 @@ import sys
 
 from conftest import ROOT
 
-SCRIPTS = sorted(path.name for path in (ROOT / "scripts").glob("*.py"))
+SCRIPTS = sorted(path.name for path in (ROOT / "scripts").glob("*.py") if not path.name.startswith("_"))
 # An option of each argparse script whose default --help shows (HfArgumentParser scripts show theirs too).
 DEFAULTS_SHOWN = {
     "analyze.py": "(default: 28)",
@@ -17,8 +17,9 @@ DEFAULTS_SHOWN = {
     "pretrain.py": "(default: 20)",
 }
 PROBE = """
-import json, runpy, sys
+import json, os, runpy, sys
 sys.argv = [sys.argv[1], "--help"]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as `python scripts/NAME.py` does
 try:
     runpy.run_path(sys.argv[0], run_name="__main__")
 except SystemExit as exit:

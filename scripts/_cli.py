@@ -1,4 +1,5 @@
-"""What the argparse scripts share: help that shows the examples as written and the options' defaults."""
+"""What the argparse scripts share (beside them: the library itself never parses arguments): help that shows the
+examples as written and the options' defaults."""
 
 import argparse
 
