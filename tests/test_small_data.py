@@ -61,10 +61,18 @@ def test_the_weight_average_after_k_updates_is_the_formula():
             model.weight.add_(torch.randn(2, 3))
         history.append(model.weight.detach().clone())
         average.update_parameters(model)
-    expected = history[0]  # the first update copies, each next one blends in 1 - decay of the weights
-    for weights in history[1:]:
-        expected = 0.9 * expected + 0.1 * weights
+    expected = history[0]  # the first update copies, update n blends in 1 - d_n of the weights
+    for n, weights in enumerate(history[1:], start=1):
+        rate = min(0.9, (1 + n) / (10 + n))
+        expected = rate * expected + (1 - rate) * weights
     torch.testing.assert_close(average.module.weight, expected)
+    for _ in range(100):  # warmed up: the decay stays at the one asked for
+        average.update_parameters(model)
+    before = average.module.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    average.update_parameters(model)
+    torch.testing.assert_close(average.module.weight, 0.9 * before + 0.1 * model.weight)
     assert weight_average(model, 0.0) is None
 
 
@@ -75,8 +83,9 @@ def test_pretraining_saves_the_average_of_its_updates(digits_folder, tmp_path):
                "--save-total-limit", "10", "--ema-decay", "0.8", "--output-dir", str(out))  # fmt: skip
     steps = [load_file(out / f"checkpoint-{step}" / "model.safetensors") for step in range(1, 5)]
     expected = steps[0]
-    for weights in steps[1:]:
-        expected = {name: 0.8 * expected[name] + 0.2 * weights[name] for name in expected}
+    for n, weights in enumerate(steps[1:], start=1):
+        rate = min(0.8, (1 + n) / (10 + n))
+        expected = {name: rate * expected[name] + (1 - rate) * weights[name] for name in expected}
     saved = load_file(out / "model.safetensors")
     for name, tensor in expected.items():
         torch.testing.assert_close(saved[name], tensor, msg=name)

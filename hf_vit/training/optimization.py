@@ -80,9 +80,18 @@ def layer_decay_groups(model: nn.Module, learning_rate: float, layer_decay: floa
 
 
 def weight_average(model: torch.nn.Module, decay: float):
-    """An exponential moving average of `model`'s weights (torch's `AveragedModel`), or None when `decay` is 0."""
+    """An exponential moving average of `model`'s weights (torch's `AveragedModel`), or None when `decay` is 0.
+
+    The decay warms up as TensorFlow's `ExponentialMovingAverage(num_updates=...)` does: update n blends with
+    min(decay, (1 + n) / (10 + n)). A fixed 0.998 would still hold 0.998^1500 = 5% of the first update's (nearly
+    random) weights after 1,500 updates; warmed up, the average forgets them within a few dozen.
+    """
     if not decay:
         return None
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    def average(averaged: list, current: list, updates: torch.Tensor) -> None:
+        updates = int(updates)
+        get_ema_multi_avg_fn(min(decay, (1 + updates) / (10 + updates)))(averaged, current, updates)
+
+    return AveragedModel(model, multi_avg_fn=average, use_buffers=True)
