@@ -319,6 +319,9 @@ class EvaluationArguments(InferenceArguments):
         "(or its validation/test split).",
         aliases=["--split"],
     )
+    int8: bool = arg(
+        False, "Run the model with int8 weights (dynamic quantisation of its Linear layers; CPU only, see README)."
+    )
 
 
 @dataclass
