@@ -34,7 +34,7 @@ def peft_deprecation_quiet() -> Iterator[None]:
 def adaptable_layers(model: torch.nn.Module) -> list[str]:
     """The distinct names (last component) of the Linear layers that a LoRA adapter can target, the head excluded."""
     names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
-    return sorted(names - {HEAD})
+    return sorted(name for name in names - {HEAD} if not name.isdigit())  # not Sequential indices (pre-logits)
 
 
 def check_targets(model: torch.nn.Module, targets: list[str]) -> None:
