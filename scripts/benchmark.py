@@ -6,6 +6,7 @@ python scripts/benchmark.py --smoke                                 # a tiny mod
 python scripts/benchmark.py --suite data                            # input pipelines, images/s per CPU core
 python scripts/benchmark.py --suite gpu                             # every GPU figure, one command (--smoke on CPU)
 python scripts/benchmark.py --suite contention                      # the README main job, quiet and under load
+python scripts/benchmark.py --suite int8                            # int8 against fp32: accuracy and speed (CPU)
 """
 
 import argparse
@@ -22,7 +23,12 @@ DTYPES = ("fp32", "bf16", "fp16")
 IMPLEMENTATIONS = ("hf_vit", "transformers", "timm")
 MODES = ("infer", "train")
 
-SUITES = {"data": "benchmarks.data", "gpu": "benchmarks.gpu", "contention": "benchmarks.contention"}
+SUITES = {
+    "data": "benchmarks.data",
+    "gpu": "benchmarks.gpu",
+    "contention": "benchmarks.contention",
+    "int8": "benchmarks.int8",
+}
 
 
 def split_suite(argv: list[str] | None) -> tuple[str, list[str]]:

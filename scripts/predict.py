@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="Run the modeling code of a model that is not hf_vit's."
     )
+    parser.add_argument(
+        "--int8", action="store_true", help="int8 weights (dynamic quantisation of the Linear layers), on the CPU."
+    )
     args = parser.parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
         parser.error(f"--top-k and --batch-size must be at least 1, got {args.top_k} and {args.batch_size}")
@@ -38,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from hf_vit.loading import load_image_processor, load_model, model_source
     from hf_vit.tools.predict import predict, save_predictions, write_predictions
+    from hf_vit.tools.quantize import quantize_int8
 
     try:
         if model_source(args.model) == "preset":
@@ -47,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
             missing = ", ".join(sorted(info["missing_keys"])[:4])
             raise ValueError(f"--model {args.model!r} is not a trained classifier: its weights lack {missing}.")
         processor = load_image_processor(args.model, model.config, trust_remote_code=args.trust_remote_code)
-        model = model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+        device = args.device or ("cpu" if args.int8 or not torch.cuda.is_available() else "cuda")
+        model = model.to(device).eval()
+        if args.int8:
+            model = quantize_int8(model)
         top_k = min(args.top_k, model.config.num_labels)
         results = predict(model, processor, args.input, top_k, args.batch_size)
         if args.output:

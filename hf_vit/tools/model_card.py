@@ -158,6 +158,7 @@ def render_model_card(
     results_split: str = "validation",
     license: str = "apache-2.0",
     preprocessing: str | None = None,
+    adapter_base: str | None = None,
 ) -> ModelCard:
     """The model card of a ViT or hybrid: Hub metadata, architecture, origin, evaluation, usage, limits, citation.
 
@@ -178,6 +179,8 @@ def render_model_card(
         license: an SPDX-style license id for the weights.
         preprocessing: what the image processor does to an image, when it is not hf_vit's (a resize to the
             model's size and scaling to [-1, 1]).
+        adapter_base: makes the card a PEFT LoRA adapter's: the subfolder holding the model it adapts (whose
+            architecture the card describes).
     """
     config = model_or_config if isinstance(model_or_config, PretrainedConfig) else model_or_config.config
     datasets = [datasets] if isinstance(datasets, str) else list(datasets or [])
@@ -193,9 +196,12 @@ def render_model_card(
     architecture_name = preset or f"Custom {family}"
     model_name = card_name(model_id) if model_id else architecture_name
     card_data = ModelCardData(
-        library_name="transformers",
+        library_name="peft" if adapter_base else "transformers",
         pipeline_tag=task,
-        tags=TAGS + (["hybrid", "resnet"] if is_hybrid(config) else []) + ([] if classifier else [task]),
+        tags=TAGS
+        + (["hybrid", "resnet"] if is_hybrid(config) else [])
+        + ([] if classifier else [task])
+        + (["lora", "peft"] if adapter_base else []),
         license=license,
         datasets=[name for name in datasets if hub_id(name)] or None,
         base_model=base_model,
@@ -236,6 +242,7 @@ def render_model_card(
         "activation": ACTIVATIONS.get(config.hidden_act, config.hidden_act),
         "pos_embed_resize": RESIZES[config.pos_embed_interpolation],
         "preprocessing": preprocessing or "scaled to [-1, 1]",
+        "adapter_base": adapter_base,
     }
     if is_hybrid(config):
         facts |= {

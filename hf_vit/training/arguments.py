@@ -14,6 +14,10 @@ from typing import Any, Literal
 
 from .recipes import RECIPES, default_recipe, recipe_defaults
 
+# The encoder's Linear layers (hf_vit.models.modeling): attention's fused query/key/value and output projections,
+# and the MLP's two layers. The head is trained in full, not adapted.
+LORA_TARGETS = ["qkv", "proj", "fc1", "fc2"]
+
 
 def arg(default: Any = None, help: str = "", **metadata: Any) -> Any:
     """A dataclass field with the help text (and other argparse settings) that HfArgumentParser shows."""
@@ -70,6 +74,9 @@ RULES: dict[str, tuple[str, Any]] = {
     "eval_fraction": ("in (0, 1)", lambda v: 0 < v < 1),
     "random_crop_scale": ("in (0, 1] (1 turns cropping off)", lambda v: 0 < v <= 1),
     "l2_reg": ("a non-negative finite number", _finite_at_least(0)),
+    "lora_rank": ("a positive integer (the rank of each low-rank update)", lambda v: v >= 1),
+    "lora_alpha": ("a positive finite number", _finite_at_least(0, inclusive=False)),
+    "lora_dropout": ("in [0, 1)", lambda v: 0 <= v < 1),
 }
 
 
@@ -262,7 +269,30 @@ class FinetuningArguments(RunArguments, AugmentationArguments, DataArguments, Re
     bf16: bool = arg(False, "bfloat16 mixed precision.")
     torch_compile: bool = arg(False, "Compile the model with torch.compile.")
     gradient_checkpointing: bool = arg(False, "Recompute activations in the backward pass.")
+    lora_rank: int | None = arg(
+        None,
+        "Train LoRA adapters of this rank on the pre-trained weights (and the new head in full) instead of every "
+        "weight; the output is a PEFT adapter with its base model in OUTPUT_DIR/base. Default: full fine-tuning.",
+    )
+    lora_alpha: float | None = arg(None, "LoRA scale numerator: updates are scaled by alpha / rank. Default: the rank.")
+    lora_dropout: float = arg(0.0, "Dropout on the LoRA branch's input.")
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(LORA_TARGETS),
+        metadata={"help": "Layers that get adapters (names of Linear layers in the encoder: its attention and MLP)."},
+    )
+    lora_merge: bool = arg(
+        False, "Also write the adapter merged into the base weights, a plain hf_vit model, to OUTPUT_DIR/merged."
+    )
     output_dir: str = arg("outputs/finetune", "Where the model, checkpoints, logs and results go.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        lora_only = {"lora_alpha": self.lora_alpha is not None, "lora_dropout": self.lora_dropout != 0.0}
+        lora_only |= {"lora_merge": self.lora_merge, "lora_target_modules": self.lora_target_modules != LORA_TARGETS}
+        given = [name for name, set_ in lora_only.items() if set_]
+        if given and self.lora_rank is None:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ValueError(f"{flags} configure LoRA, which --lora-rank turns on; add --lora-rank (e.g. 8).")
 
 
 @dataclass
@@ -288,6 +318,9 @@ class EvaluationArguments(InferenceArguments):
         "Evaluate on this whole split; default: the held-out fraction of --train-split that finetune.py uses "
         "(or its validation/test split).",
         aliases=["--split"],
+    )
+    int8: bool = arg(
+        False, "Run the model with int8 weights (dynamic quantisation of its Linear layers; CPU only, see README)."
     )
 
 

@@ -137,8 +137,13 @@ def staging_folder(output_dir: Path) -> Path:
     return staging
 
 
+# The files that make a folder loadable: a model's config, a PEFT adapter's config. They are moved in last.
+LOADABLE_MARKERS = ("config.json", "adapter_config.json")
+
+
 def move_into_place(staging: Path, output_dir: Path) -> None:
-    """Move the files written in `staging` into `output_dir`, `config.json` last, after syncing them to disk.
+    """Move the files written in `staging` into `output_dir`, `config.json` (an adapter's `adapter_config.json`)
+    last, after syncing them to disk.
 
     A previous model's config.json is removed first: until the new one is in place the folder holds no loadable
     model rather than a mix of two.
@@ -147,9 +152,10 @@ def move_into_place(staging: Path, output_dir: Path) -> None:
     for path in staging.iterdir():
         with open(path, "rb") as file:
             os.fsync(file.fileno())
-    (output_dir / "config.json").unlink(missing_ok=True)
+    for marker in LOADABLE_MARKERS:
+        (output_dir / marker).unlink(missing_ok=True)
     names = sorted(path.name for path in staging.iterdir())
-    for name in sorted(names, key=lambda name: name == "config.json"):
+    for name in sorted(names, key=lambda name: name in LOADABLE_MARKERS):
         os.replace(staging / name, output_dir / name)
     staging.rmdir()
 

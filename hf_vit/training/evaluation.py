@@ -13,6 +13,7 @@ import torch
 
 from ..loading import load_image_processor, load_model
 from ..models.configuration import to_pair
+from ..tools.quantize import quantize_int8
 from .arguments import EvaluationArguments
 from .augmentation import ProcessorTransform
 from .data import Collate, ImageData, ImageSamples, StreamedImages, load_image_data, load_split, worker_count
@@ -137,18 +138,24 @@ def evaluate_classifier(args: EvaluationArguments | None = None, /, **fields: An
         raise ValueError(
             f"--model {args.model!r} is not a trained classifier: it has no weights for {sorted(missing)[:4]}."
         )
+    device = resolve_device(args.device)
+    if args.int8:
+        if device.type != "cpu":
+            raise ValueError(f"--int8 runs on the CPU; got --device {args.device} ({device}): pass --device cpu.")
+        model = quantize_int8(model)
     data = load_split(args, args.eval_split) if args.eval_split else load_image_data(args)
     mapping = label_mapping(model.config.id2label, data.label_names)
     interpolate = set_resolution(processor, args.image_size, model.config)
     loader = make_loader(data.eval, ProcessorTransform(processor), data, args.batch_size, worker_count(args))
     k = min(TOP_K, model.config.num_labels)
-    ranked, labels, skipped = ranked_predictions(model, loader, resolve_device(args.device), k, interpolate)
+    ranked, labels, skipped = ranked_predictions(model, loader, device, k, interpolate)
     metrics = classification_metrics(ranked, mapping[labels], model.config.num_labels)
     results = {
         "model": args.model,
         "dataset": args.dataset,
         "split": data.eval_split,
         "image_size": processor.size.get("height"),
+        "int8": args.int8,
         **{f"eval_{name}": value for name, value in metrics.items()},
         "eval_samples": int(len(labels)),
         "skipped_images": skipped,

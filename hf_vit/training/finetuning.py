@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 from huggingface_hub import ModelCard
-from transformers import PreTrainedModel, TrainerCallback, TrainingArguments
+from peft import PeftModel
+from transformers import PretrainedConfig, PreTrainedModel, TrainerCallback, TrainingArguments
 
 from ..loading import load_model, model_source
 from ..models.configuration import POS_EMBED_INTERPOLATIONS, to_pair
@@ -33,6 +34,7 @@ from .checkpoints import (
     staging_folder,
 )
 from .data import Collate, ImageSamples, StreamedImages, dataset_title, load_image_data, worker_count
+from .lora import BASE_FOLDER, add_lora, point_at_base, save_base, save_merged
 from .metrics import TOP_K, classification_metrics
 from .optimization import warmup_length
 from .run import cpu_only_processes, default_interval, prepare_output_dir
@@ -173,23 +175,33 @@ def finetune(args: FinetuningArguments | None = None, /, **fields: Any) -> dict[
     from transformers import set_seed
 
     args = args or FinetuningArguments(**fields)
-    model_source(args.model)  # a mistyped preset or a missing folder is one line now, before any data is loaded
+    source = model_source(args.model)  # a mistyped preset or a missing folder is one line now, before any data
     if args.mixup:
         raise ValueError("--mixup is a pre-training option; the paper fine-tunes without it.")
+    if args.lora_rank is not None:
+        check_lora_run(args, source)
     prepare_output_dir(args)
     set_seed(args.seed)
     data = load_image_data(args)
     names = data.label_names
-    pretrained = load_model(args.model, trust_remote_code=args.trust_remote_code)
-    model = prepare_for_finetuning(
-        pretrained,
-        num_labels=len(names),
-        id2label=dict(enumerate(names)),
-        image_size=args.image_size,
-        interpolation=args.pos_embed_interpolation,
-    )
-    changes = weight_changes(pretrained.config, model.config, new_head=True)
-    del pretrained
+
+    def prepared() -> tuple[PreTrainedModel, list[str]]:
+        pretrained = load_model(args.model, trust_remote_code=args.trust_remote_code)
+        model = prepare_for_finetuning(
+            pretrained,
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            image_size=args.image_size,
+            interpolation=args.pos_embed_interpolation,
+        )
+        return model, weight_changes(pretrained.config, model.config, new_head=True)
+
+    model, changes = prepared()
+    plain, lora_counts = model, {}
+    if args.lora_rank is not None:
+        lora_counts["base_parameters"] = sum(param.numel() for param in model.parameters())
+        model = add_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
+        lora_counts["trainable_parameters"] = sum(param.numel() for param in model.parameters() if param.requires_grad)
     processor = create_image_processor(model.config)
     columns = (data.image_column, data.label_column)
     train_transform = build_transforms(args, to_pair(model.config.image_size), train=True)
@@ -227,49 +239,105 @@ def finetune(args: FinetuningArguments | None = None, /, **fields: Any) -> dict[
     trained.metrics["total_train_batch_size"] = (
         trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size
     )
+    trained.metrics.update(lora_counts)
     trainer.log_metrics("train", trained.metrics)
     metrics = trainer.evaluate()
     if trainer.weight_average is not None:
         trainer.average_into_model()  # the averaged weights are the ones evaluated as eval_* and saved
     trainer.log_metrics("eval", metrics)
     results = {**trained.metrics, **metrics}
-    save_finetuned(trainer, finetuning_card(args, trainer.args, model, results, data.eval_split, changes), results)
+    card_inputs = (args, trainer.args, plain.config, results, data.eval_split, changes)
+    card, merged_card, lora_base = finetuning_card(*card_inputs, adapter=bool(lora_counts)), None, None
+    if lora_counts and trainer.is_world_process_zero():
+        lora_base = prepared()[0]  # the adapter's base as it was before training (PEFT put its layers into `plain`)
+        merged_card = finetuning_card(*card_inputs) if args.lora_merge else None
+    save_finetuned(trainer, card, results, lora_base, merged_card)
     return results
 
 
-def save_finetuned(trainer: FinetuningTrainer, card: ModelCard, results: dict[str, Any]) -> None:
-    """The model, processor, card and all_results.json, written aside and moved into the output folder at once."""
+def save_finetuned(
+    trainer: FinetuningTrainer,
+    card: ModelCard,
+    results: dict[str, Any],
+    lora_base: PreTrainedModel | None = None,
+    merged_card: ModelCard | None = None,
+) -> None:
+    """The model, processor, card and all_results.json, written aside and moved into the output folder at once.
+
+    A LoRA run's model is its adapter; `lora_base` (given to the main process) is the model it adapts, written to
+    OUTPUT_DIR/base before the adapter is moved in, and with `merged_card` the two merged to OUTPUT_DIR/merged.
+    """
     output_dir = Path(trainer.args.output_dir)
     staging = output_dir / STAGING_FINAL
     if trainer.is_world_process_zero():
         staging_folder(output_dir)
     with disk_full_as_oserror(staging, "the final model"):
+        if lora_base is not None:
+            save_base(lora_base, output_dir, trainer.processing_class)
+        if isinstance(trainer.model, PeftModel):
+            point_at_base(trainer.model, output_dir)
         trainer.save_model(str(staging))  # every process: sharded weights are gathered
         if trainer.is_world_process_zero():
             (staging / "all_results.json").write_text(json.dumps(results, indent=2))
             card.save(staging / "README.md")
+            if merged_card is not None:
+                save_merged(lora_base, staging, output_dir, trainer.processing_class, merged_card)
             move_into_place(staging, output_dir)
     trainer.accelerator.wait_for_everyone()
+
+
+def check_lora_run(args: FinetuningArguments, source: str) -> None:
+    """Refuse LoRA runs that cannot give a usable adapter, before anything is loaded."""
+    if source == "preset":
+        raise ValueError(
+            f"--lora-rank adapts pre-trained weights, and --model {args.model!r} is a preset (random weights): give "
+            "a pre-trained folder or Hub repo, or fine-tune every weight (no --lora-rank)."
+        )
+    if args.ema_decay:
+        raise ValueError(
+            "--ema-decay averages every weight and is not supported with --lora-rank; pass --ema-decay 0 "
+            f"(recipe {args.recipe!r} turns it on)."
+        )
+    if args.push_to_hub:
+        raise ValueError(
+            "--push-to-hub publishes full models; with --lora-rank add --lora-merge and push OUTPUT_DIR/merged "
+            "with scripts/push_to_hub.py."
+        )
 
 
 def finetuning_card(
     args: FinetuningArguments,
     training: TrainingArguments,
-    model: PreTrainedModel,
-    results: dict[str, float],
+    model: PreTrainedModel | PretrainedConfig,
+    results: dict[str, Any],
     eval_split: str,
     changes: list[str],
+    adapter: bool = False,
 ) -> ModelCard:
-    """The fine-tuned model's card: from what and on what, at what resolution, for how long, and how well."""
-    height, width = to_pair(model.config.image_size)
+    """The fine-tuned model's card: from what and on what, at what resolution, for how long, and how well.
+
+    A LoRA run (`args.lora_rank`) says so; with `adapter` the card is the adapter's (PEFT's library, how to load it
+    onto its base), else that of the plain model it merges into.
+    """
+    config = getattr(model, "config", model)
+    height, width = to_pair(config.image_size)
     dataset = dataset_title(args.dataset)
     dataset_id = hub_id(args.dataset) if dataset == args.dataset else None
     if args.dataset_config:
         dataset += f" ({args.dataset_config})"
     clipping = f"gradient clipping at global norm {args.grad_clip:g}" if args.grad_clip > 0 else "no gradient clipping"
     warmup = f"linear warm-up over {training.warmup_steps} steps, then " if training.warmup_steps else ""
+    how = "Fine-tuned"
+    if args.lora_rank is not None:
+        alpha = args.lora_rank if args.lora_alpha is None else args.lora_alpha
+        how = (
+            f"{'A LoRA adapter' if adapter else 'LoRA (merged into the weights)'}: rank {args.lora_rank}, alpha "
+            f"{alpha:g}, dropout {args.lora_dropout:g} on {', '.join(args.lora_target_modules)}, the head trained in "
+            f"full ({results['trainable_parameters']:,} of {results['base_parameters']:,} parameters trained). "
+            "Fine-tuned"
+        )
     source = (
-        f"Fine-tuned from `{args.model}` on {dataset} ({model.config.num_labels} classes) at {height}×{width} px for "
+        f"{how} from `{args.model}` on {dataset} ({config.num_labels} classes) at {height}×{width} px for "
         f"{results['train_steps']} steps with hf_vit's `scripts/finetune.py`: SGD with momentum {args.momentum:g}, "
         f"batch {results['total_train_batch_size']}, peak learning rate {args.learning_rate:g} ({warmup}"
         f"{args.lr_schedule} decay), weight decay {args.weight_decay:g}, {clipping}. "
@@ -288,4 +356,5 @@ def finetuning_card(
         results=metrics,
         results_dataset=dataset_id or dataset,
         results_split=eval_split,
+        adapter_base=BASE_FOLDER if adapter else None,
     )
