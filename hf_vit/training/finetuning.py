@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from huggingface_hub import ModelCard
-from peft import PeftModel
 from transformers import PretrainedConfig, PreTrainedModel, TrainerCallback, TrainingArguments
 
 from ..loading import load_model, model_source
@@ -274,7 +273,7 @@ def save_finetuned(
     with disk_full_as_oserror(staging, "the final model"):
         if lora_base is not None:
             save_base(lora_base, output_dir, trainer.processing_class)
-        if isinstance(trainer.model, PeftModel):
+        if hasattr(trainer.model, "peft_config"):  # a PEFT model: its adapter is what is saved
             point_at_base(trainer.model, output_dir)
         trainer.save_model(str(staging))  # every process: sharded weights are gathered
         if trainer.is_world_process_zero():

@@ -75,12 +75,6 @@ def add_lora(
         return get_peft_model(model, config)
 
 
-def parameter_counts(model: torch.nn.Module, base: torch.nn.Module) -> tuple[int, int]:
-    """Parameters the adapted `model` trains, and those of the `base` it adapts."""
-    trainable = sum(param.numel() for param in model.parameters() if param.requires_grad)
-    return trainable, sum(param.numel() for param in base.parameters())
-
-
 def merge_adapter(base: PreTrainedModel, adapter: str | Path) -> PreTrainedModel:
     """The adapter in folder `adapter` merged into `base` (which it modifies): a plain model, no PEFT layers."""
     from peft import PeftModel
