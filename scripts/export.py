@@ -14,6 +14,7 @@ against the PyTorch model on random inputs, and the largest difference printed.
 
 import argparse
 import sys
+from pathlib import Path
 
 from hf_vit.tools.cli import HelpFormatter
 
@@ -43,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from hf_vit.loading import load_image_processor, load_model, model_source, parse_overrides
-    from hf_vit.tools.export import GRAPH_FILES, ExportedModel, compare_with_model, export_model
+    from hf_vit.tools.export import GRAPH_FILES, ExportedModel, check_output_dir, compare_with_model, export_model
 
     try:
+        check_output_dir(Path(args.output))
         task = "image-classification" if args.target == "classifier" else "feature-extraction"
         overrides = parse_overrides(args.config_overrides)
         if overrides and model_source(args.model) != "preset":
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             f"exported {args.model} ({args.target}, {sizes}) to {args.output}: {', '.join(manifest['files'].values())}"
         )
         for name in args.format:
-            exported = ExportedModel(f"{args.output}/{GRAPH_FILES[name]}")
+            exported = ExportedModel(Path(args.output) / GRAPH_FILES[name])
             differences = compare_with_model(model, exported, args.target)
             seconds = manifest["seconds"]["onnx" if name == "onnx" else "torch_export"]
             checked = ", ".join(f"{size}: {difference:.2g}" for size, difference in differences.items())

@@ -136,6 +136,12 @@ def export_manifest(model: nn.Module, processor, target: str, dynamic_size: bool
     return manifest
 
 
+def check_output_dir(out: Path) -> None:
+    """Refuse a folder that holds files: an export never mixes with, or overwrites, other files."""
+    if out.is_file() or (out.is_dir() and any(out.iterdir())):
+        raise ValueError(f"--output {str(out)!r} exists and is not an empty folder; name a new one.")
+
+
 def export_model(
     model: nn.Module,
     processor,
@@ -155,8 +161,7 @@ def export_model(
     if unknown or not formats:
         raise ValueError(f"Export formats must be among {', '.join(FORMATS)}, got {list(formats)}.")
     out = Path(output_dir)
-    if out.is_file() or (out.is_dir() and any(out.iterdir())):
-        raise ValueError(f"--output {str(out)!r} exists and is not an empty folder; name a new one.")
+    check_output_dir(out)
     started = time.perf_counter()
     program = export_program(model, target, dynamic_size)
     seconds = {"torch_export": time.perf_counter() - started}
