@@ -57,17 +57,22 @@ def check_exportable(model: nn.Module, target: str) -> None:
         raise ValueError(f"{type(model).__name__} has no classification head; export it with target 'encoder'.")
 
 
+def exported_size(config) -> tuple[int, int]:
+    """The size a graph is traced at: the config's image size, a whole number of tokens."""
+    return config.grid_size[0] * config.token_stride[0], config.grid_size[1] * config.token_stride[1]
+
+
 def export_program(model: nn.Module, target: str = "classifier", dynamic_size: bool = False):
     """Trace `model` (an hf_vit classifier for "classifier", any hf_vit model for "encoder") at its config's image
-    size with `torch.export`, in float32 and eval mode; the batch is dynamic, and height and width with
-    `dynamic_size` (multiples of the token stride)."""
+    size with `torch.export`; the batch is dynamic, and height and width with `dynamic_size` (multiples of the token
+    stride). The model is put in eval mode and float32 in place: the graph is what inference runs."""
     from torch.export import Dim
 
     check_exportable(model, target)
     if target == "encoder" and hasattr(model, "classifier"):
         model = model.base_model
     config = model.config
-    height, width = config.grid_size[0] * config.token_stride[0], config.grid_size[1] * config.token_stride[1]
+    height, width = exported_size(config)
     dims: dict[int, Any] = {0: Dim("batch")}
     if dynamic_size:
         dims[2] = config.token_stride[0] * Dim("grid_height")
@@ -93,7 +98,7 @@ def preprocessing_facts(processor) -> dict[str, Any]:
     settings = processor.to_dict()
     resample = settings.get("resample")
     return {
-        "convert_rgb": bool(settings.get("do_convert_rgb", True) is not False),
+        "color": "RGB",
         "resize": settings.get("size") if settings.get("do_resize") else None,
         "resample": PILImageResampling(resample).name.lower() if resample is not None else None,
         "center_crop": settings.get("crop_size") if settings.get("do_center_crop") else None,
@@ -109,7 +114,7 @@ def export_manifest(model: nn.Module, processor, target: str, dynamic_size: bool
     """What `export.json` says: the input the graph takes, the outputs it gives, the labels and the preprocessing."""
     config = model.config
     stride = list(config.token_stride)
-    size = [config.grid_size[0] * stride[0], config.grid_size[1] * stride[1]]
+    size = list(exported_size(config))
     hidden = config.hidden_size
     tokens = "tokens" if dynamic_size else config.grid_size[0] * config.grid_size[1] + (config.classifier == "token")
     shapes = {
