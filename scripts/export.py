@@ -37,10 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         "--dynamic-size", action="store_true", help="Serve any height and width divisible by the token stride."
     )
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset version.")
-    parser.add_argument("--config-overrides", default="", help='Config fields of a preset as "k=v,...".')
-    parser.add_argument(
-        "--trust-remote-code", action="store_true", help="Run a Hub repo's own modeling code (not needed for hf_vit)."
-    )
+    parser.add_argument("--config-overrides", default=None, help='Config fields of a preset as "k=v,...".')
     args = parser.parse_args(argv)
 
     from hf_vit.loading import load_image_processor, load_model, model_source, parse_overrides
@@ -49,20 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_output_dir(Path(args.output))
         task = "image-classification" if args.target == "classifier" else "feature-extraction"
-        overrides = parse_overrides(args.config_overrides)
+        overrides = parse_overrides(args.config_overrides or "")
         if overrides and model_source(args.model) != "preset":
             raise ValueError("--config-overrides applies to presets only; a saved model keeps its config.")
-        model, info = load_model(
-            args.model,
-            task,
-            config_overrides=overrides,
-            trust_remote_code=args.trust_remote_code,
-            output_loading_info=True,
-        )
+        model, info = load_model(args.model, task, config_overrides=overrides, output_loading_info=True)
         if info["missing_keys"]:
             missing = ", ".join(sorted(info["missing_keys"])[:4])
             raise ValueError(f"--model {args.model!r} lacks weights for {missing}; is --target {args.target} right?")
-        processor = load_image_processor(args.model, model.config, trust_remote_code=args.trust_remote_code)
+        processor = load_image_processor(args.model, model.config)
         manifest = export_model(
             model,
             processor,

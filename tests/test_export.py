@@ -161,6 +161,14 @@ def test_export_errors_are_one_clear_line(tmp_path, capsys):
         main(["--model", "ViT-Ti/16", "--output", str(tmp_path / "out"), "--target", "segmenter"])
     assert "argument --target: invalid choice: 'segmenter'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    # Below opset 17 the exporter's converter fails and keeps opset 18 (it logs why): refused, nothing written.
+    tiny = ",".join(f"{key}={TINY[key]}" for key in ("hidden_size", "num_hidden_layers", "num_attention_heads"))
+    argv = ["--model", "ViT-Ti/16", "--config-overrides", tiny, "--output", str(tmp_path / "out"), "--opset", "13"]
+    assert main([*argv, "--format", "onnx", "pt2"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: The ONNX exporter could not convert the graph to opset 13 (it gave opset 18); choose another --opset."
+    )
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 @pytest.mark.parametrize("exported", ["gap"], indirect=True)

@@ -84,10 +84,20 @@ def export_program(model: nn.Module, target: str = "classifier", dynamic_size: b
 
 
 def save_onnx(program, path: str | Path, output_names: tuple[str, ...], opset: int = DEFAULT_OPSET) -> None:
-    """Translate an exported program to ONNX (torch's dynamo exporter, optimised) and write it to `path`."""
+    """Translate an exported program to ONNX (torch's dynamo exporter, optimised) and write it to `path`.
+
+    The exporter converts to an opset other than its own with a fallback that, when the conversion fails, logs the
+    failure and keeps the graph as it was, so the opset the graph declares is checked here.
+    """
     onnx_program = torch.onnx.export(
         program, dynamo=True, input_names=[INPUT_NAME], output_names=list(output_names), opset_version=opset
     )
+    declared = onnx_program.model.opset_imports.get("")
+    if declared != opset:
+        raise ValueError(
+            f"The ONNX exporter could not convert the graph to opset {opset} (it gave opset {declared}); "
+            "choose another --opset."
+        )
     onnx_program.save(str(path))
 
 
@@ -172,13 +182,13 @@ def export_model(
     seconds = {"torch_export": time.perf_counter() - started}
     manifest = export_manifest(model, processor, target, dynamic_size, source)
     out.mkdir(parents=True, exist_ok=True)
-    if "pt2" in formats:
-        torch.export.save(program, out / GRAPH_FILES["pt2"])
-    if "onnx" in formats:
+    if "onnx" in formats:  # first: the likelier to fail, and it fails before writing anything
         started = time.perf_counter()
         save_onnx(program, out / GRAPH_FILES["onnx"], OUTPUT_NAMES[target], opset)
         seconds["onnx"] = time.perf_counter() - started
         manifest["opset"] = opset
+    if "pt2" in formats:
+        torch.export.save(program, out / GRAPH_FILES["pt2"])
     manifest["files"] = {name: GRAPH_FILES[name] for name in FORMATS if name in formats}
     processor.save_pretrained(out)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
