@@ -11,6 +11,7 @@ input and outputs, the labels and the preprocessing as plain facts, for a runtim
 """
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,8 +171,6 @@ def export_model(
 ) -> dict[str, Any]:
     """Write the graph(s), `preprocessor_config.json` and `export.json` into `output_dir` (created, or empty);
     returns the manifest, with the files written and how long each export took."""
-    import time
-
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         raise ValueError(f"Export formats must be among {', '.join(FORMATS)}, got {list(formats)}.")
@@ -247,10 +246,7 @@ class ExportedModel:
             raise ValueError(f"{str(self.path)!r} is neither an .onnx nor a .pt2 file.")
 
     def to(self, device: torch.device | str) -> "ExportedModel":
-        """Inputs are moved where the runtime runs them, so the model stays where it is (as `nn.Module.to` returns)."""
-        return self
-
-    def eval(self) -> "ExportedModel":
+        """Stays put: inputs go to the host, where both runtimes take them (ONNX Runtime picks its own device)."""
         return self
 
     def check(self, pixel_values: torch.Tensor) -> None:
@@ -278,7 +274,7 @@ class ExportedModel:
         self.check(pixel_values)
         if self.program is not None:
             with torch.no_grad():
-                outputs = self.program(pixel_values.float())
+                outputs = self.program(pixel_values.detach().float().cpu())
         else:
             feed = {INPUT_NAME: pixel_values.detach().float().cpu().numpy()}
             outputs = [torch.from_numpy(array) for array in self.session.run(list(self.output_names), feed)]
