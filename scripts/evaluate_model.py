@@ -2,6 +2,7 @@
 
 python scripts/evaluate_model.py --model outputs/finetune                  # the split finetune.py held out
 python scripts/evaluate_model.py --model M --dataset D --eval-split validation --output results.json
+python scripts/evaluate_model.py --onnx exported/model.onnx --dataset D   # through ONNX Runtime (scripts/export.py)
 """
 
 import json

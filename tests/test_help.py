@@ -13,6 +13,7 @@ DEFAULTS_SHOWN = {
     "analyze.py": "(default: 28)",
     "benchmark.py": "(default: sdpa)",
     "convert_checkpoint.py": "(default: source)",
+    "export.py": "(default: classifier)",
     "predict.py": "(default: 5)",
     "pretrain.py": "(default: 20)",
 }

@@ -19,7 +19,10 @@ def resize_pos_embed(
     `"official"` is bilinear with aligned corners, which is what `scipy.ndimage.zoom(order=1)` computes in the
     official code; `"bicubic"` matches timm and transformers (align_corners=False).
     """
-    if tuple(old_grid) == tuple(new_grid):
+    # A symbolic grid (torch.export or torch.compile with dynamic shapes) always takes the resize path: comparing
+    # it would pin the traced graph to one size, and resizing to the same grid is the identity in both methods.
+    symbolic = any(isinstance(side, torch.SymInt) for side in new_grid)
+    if not symbolic and tuple(old_grid) == tuple(new_grid):
         return pos_embed
     if method not in ("official", "bicubic"):
         raise ValueError(f"Unknown position-embedding interpolation {method!r}; use 'official' or 'bicubic'.")

@@ -18,7 +18,9 @@ def pad_same(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> t
     """Pad as TensorFlow's "SAME": the output has ceil(size / stride) pixels, extra padding goes after."""
     pads = []
     for size in (x.shape[-1], x.shape[-2]):
-        total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+        # (ceil(size / stride) - 1) * stride + kernel - size, written with `%` so that a symbolic size that is a
+        # multiple of the stride (torch.export with dynamic height and width) folds to a constant.
+        total = max(-size % stride + kernel - stride, 0)
         pads += [total // 2, total - total // 2]
     return F.pad(x, pads, value=value) if any(pads) else x
 

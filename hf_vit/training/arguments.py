@@ -313,6 +313,13 @@ class InferenceArguments(DataArguments):
 class EvaluationArguments(InferenceArguments):
     """Top-1/top-5 accuracy of a classifier on a split; with no --eval-split, the split finetune.py held out."""
 
+    model: str | None = arg(None, "A saved folder or Hub repo of an image classifier (or give --onnx).")
+    onnx: str | None = arg(
+        None,
+        "Evaluate this exported classifier (scripts/export.py) with ONNX Runtime instead of --model; its image "
+        "processor and labels are the files written beside it.",
+        metavar="MODEL.onnx",
+    )
     eval_split: str | None = arg(
         None,
         "Evaluate on this whole split; default: the held-out fraction of --train-split that finetune.py uses "
@@ -322,6 +329,15 @@ class EvaluationArguments(InferenceArguments):
     int8: bool = arg(
         False, "Run the model with int8 weights (dynamic quantisation of its Linear layers; CPU only, see README)."
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.model is None) == (self.onnx is None):
+            raise ValueError("Name one model to evaluate: --model (PyTorch weights) or --onnx (an exported model).")
+        if self.onnx is not None and not self.onnx.endswith(".onnx"):
+            raise ValueError(f"--onnx takes an .onnx file written by scripts/export.py, got {self.onnx!r}.")
+        if self.onnx is not None and self.int8:
+            raise ValueError("--int8 quantises a PyTorch model's weights; --onnx runs an exported graph as it is.")
 
 
 @dataclass

@@ -27,6 +27,21 @@ def load_classifier(name: str, trust_remote_code: bool = False):
     return model.eval(), processor, list(info["missing_keys"])
 
 
+def load_exported_classifier(path: str):
+    """An exported classifier (scripts/export.py) run by ONNX Runtime, and the image processor saved beside it."""
+    from transformers import AutoImageProcessor
+
+    from ..tools.export import ExportedModel
+
+    model = ExportedModel(path)
+    if "logits" not in model.output_names:
+        raise ValueError(
+            f"--onnx {path!r} is an exported {model.manifest['target']} (outputs {', '.join(model.output_names)}); "
+            "evaluation needs one exported with --target classifier."
+        )
+    return model, AutoImageProcessor.from_pretrained(Path(path).parent)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -131,13 +146,17 @@ def extract_features(model, loader, device: torch.device, interpolate: bool) -> 
 
 
 def evaluate_classifier(args: EvaluationArguments | None = None, /, **fields: Any) -> dict[str, Any]:
-    """Top-1 (and top-5) accuracy of `args.model` on `args.eval_split`, or on the held-out split finetune.py uses."""
+    """Top-1 (and top-5) accuracy of `args.model` (or of the exported `args.onnx`, through ONNX Runtime) on
+    `args.eval_split`, or on the held-out split finetune.py uses."""
     args = args or EvaluationArguments(**fields)
-    model, processor, missing = load_classifier(args.model, args.trust_remote_code)
-    if missing:
-        raise ValueError(
-            f"--model {args.model!r} is not a trained classifier: it has no weights for {sorted(missing)[:4]}."
-        )
+    if args.onnx:
+        model, processor = load_exported_classifier(args.onnx)
+    else:
+        model, processor, missing = load_classifier(args.model, args.trust_remote_code)
+        if missing:
+            raise ValueError(
+                f"--model {args.model!r} is not a trained classifier: it has no weights for {sorted(missing)[:4]}."
+            )
     device = resolve_device(args.device)
     if args.int8:
         if device.type != "cpu":
@@ -151,7 +170,7 @@ def evaluate_classifier(args: EvaluationArguments | None = None, /, **fields: An
     ranked, labels, skipped = ranked_predictions(model, loader, device, k, interpolate)
     metrics = classification_metrics(ranked, mapping[labels], model.config.num_labels)
     results = {
-        "model": args.model,
+        "model": args.model or args.onnx,
         "dataset": args.dataset,
         "split": data.eval_split,
         "image_size": processor.size.get("height"),
