@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hf_vit.tools.cli import HelpFormatter
+from _cli import HelpFormatter
 
 TARGETS = ("classifier", "encoder")
 FORMATS = ("pt2", "onnx")
