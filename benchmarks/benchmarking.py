@@ -699,6 +699,29 @@ def write_json(report: dict[str, Any], path: str) -> None:
         handle.write("\n")
 
 
+def report_suite(
+    run: Callable[..., dict[str, Any]],
+    settings: Any,
+    format_markdown: Callable[[dict[str, Any]], str],
+    json_path: str | None = None,
+    markdown_path: str | None = None,
+) -> int:
+    """What every suite's command line does with its run: progress on stderr, the Markdown table on stdout, the
+    report in the files asked for. A ValueError (a setting this machine cannot run) is one `error:` line, status 2."""
+    try:
+        report = run(settings, log=lambda message: print(message, file=sys.stderr, flush=True))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    markdown = format_markdown(report)
+    print(markdown, end="")
+    if json_path:
+        write_json(report, json_path)
+    if markdown_path:
+        Path(markdown_path).write_text(markdown)
+    return 0
+
+
 __all__ = [
     "BUILDERS",
     "IMPLEMENTATIONS",
@@ -708,6 +731,7 @@ __all__ = [
     "format_markdown",
     "forward_flops",
     "measure_peak_flops",
+    "report_suite",
     "run_benchmark",
     "write_json",
 ]

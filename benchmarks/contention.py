@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.benchmarking import cpu_model
+from benchmarks.benchmarking import cpu_model, report_suite
 from hf_vit.training.runtime import available_cores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +96,7 @@ def run_contention(
     log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Every (policy, condition) `repeats` times, interleaved; the report is plain JSON-able data."""
+    start = time.monotonic()
     settings = settings.resolve()
     cores = available_cores()
     cases = [(policy, condition) for condition in CONDITIONS for policy in POLICIES]
@@ -121,6 +122,7 @@ def run_contention(
         "seconds_per_step": medians,
         "slowdown": slowdown,
         "runs": runs,
+        "wall_seconds": time.monotonic() - start,
     }
 
 
@@ -165,14 +167,4 @@ def main(argv: list[str] | None = None) -> int:
         load_seconds=args.load_seconds,
         smoke=args.smoke,
     )
-    start = time.monotonic()
-    try:
-        report = run_contention(settings, log=lambda message: print(message, file=sys.stderr, flush=True))
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    report["wall_seconds"] = time.monotonic() - start
-    print(format_markdown(report), end="")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return report_suite(run_contention, settings, format_markdown, args.json)

@@ -21,11 +21,9 @@ the report gives medians over repeats of images per second of wall time and per 
 
 import argparse
 import io
-import json
 import os
 import random
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.benchmarking import cpu_model
+from benchmarks.benchmarking import cpu_model, report_suite
 from hf_vit.training.transforms import RandomResizedCrop
 
 OURS = "hf_vit"
@@ -349,14 +347,4 @@ def main(argv: list[str] | None = None) -> int:
         pipelines=tuple(name.strip() for name in args.pipelines.split(",") if name.strip()),
         smoke=args.smoke,
     )
-    try:
-        report = run_data_benchmark(settings, log=lambda message: print(message, file=sys.stderr, flush=True))
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(format_markdown(report), end="")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(report, handle, indent=2)
-            handle.write("\n")
-    return 0
+    return report_suite(run_data_benchmark, settings, format_markdown, args.json)

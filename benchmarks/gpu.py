@@ -21,18 +21,22 @@ models, one step and `torch.compile(backend="eager")`, which is what the tests c
 """
 
 import argparse
-import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from benchmarks import benchmarking
-from benchmarks.benchmarking import Settings, benchmark_config, environment, run_benchmark, synchronize
+from benchmarks.benchmarking import (
+    Settings,
+    benchmark_config,
+    environment,
+    report_suite,
+    run_benchmark,
+    synchronize,
+)
 from hf_vit.models.configuration import to_pair
 from hf_vit.training.transforms import Normalize
 
@@ -283,13 +287,4 @@ def main(argv: list[str] | None = None) -> int:
         budget_s=args.budget_s,
         smoke=args.smoke,
     )
-    try:
-        report = run_gpu_suite(settings, log=lambda message: print(message, file=sys.stderr, flush=True))
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    markdown = format_markdown(report)
-    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    Path(args.markdown).write_text(markdown)
-    print(markdown, end="")
-    return 0
+    return report_suite(run_gpu_suite, settings, format_markdown, args.json, args.markdown)

@@ -11,10 +11,8 @@ python scripts/benchmark.py --suite int8 --model outputs/finetune --batch-size 3
 """
 
 import argparse
-import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -23,7 +21,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.benchmarking import cpu_model
+from benchmarks.benchmarking import cpu_model, report_suite
 
 VARIANTS = ("fp32", "int8")
 
@@ -178,12 +176,4 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         smoke=args.smoke,
     )
-    try:
-        report = run_int8(settings, log=lambda message: print(message, file=sys.stderr, flush=True))
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(format_markdown(report), end="")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return report_suite(run_int8, settings, format_markdown, args.json)

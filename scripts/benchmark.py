@@ -12,6 +12,7 @@ python scripts/benchmark.py --suite int8                            # int8 again
 import argparse
 import importlib
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a developer tool beside the package
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from benchmarks.benchmarking import Settings, format_markdown, run_benchmark, write_json
+    from benchmarks.benchmarking import Settings, format_markdown, report_suite, run_benchmark
 
     presets = [name.strip() for item in args.model or ["ViT-B/16"] for name in item.split(",") if name.strip()]
     settings = Settings(
@@ -120,15 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         peak_matmul_size=args.peak_matmul_size,
         profile_dir=args.profile_dir,
     )
-    try:
-        report = run_benchmark(presets, settings, log=lambda message: print(message, file=sys.stderr, flush=True))
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(format_markdown(report), end="")
-    if args.json:
-        write_json(report, args.json)
-    return 0
+    return report_suite(partial(run_benchmark, presets), settings, format_markdown, args.json)
 
 
 if __name__ == "__main__":
