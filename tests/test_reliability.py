@@ -17,6 +17,8 @@ from conftest import ROOT, TINY_OVERRIDES, load_script, run_script
 from PIL import Image
 from safetensors.torch import load_file
 
+from hf_vit.training.checkpoints import checkpoints
+
 TINY = TINY_OVERRIDES
 DROPOUT = TINY + ",hidden_dropout_prob=0.1,drop_path_rate=0.1"
 PRETRAIN = ["--model", "ViT-Ti/16", "--config-overrides", DROPOUT, "--image-size", "16", "--per-device-batch-size", "8"]
@@ -155,11 +157,15 @@ def start(script: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def wait_for(condition, timeout: float = 300) -> None:
+def wait_for(condition, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Poll `condition` while `process` runs; a process that ended first fails the test with its stderr."""
     deadline = time.monotonic() + timeout
     while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended (exit {process.returncode}) before the moment to signal:\n"
+                        f"{process.stderr.read()[-2000:]}")  # fmt: skip
         assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 def logged_updates(out) -> int:
@@ -174,7 +180,7 @@ def test_a_signal_checkpoints_and_stops_and_the_run_resumes(number, digits_folde
     args = ["--model", "ViT-Ti/16", "--config-overrides", TINY, "--image-size", "16", "--dataset", str(digits_folder)]
     args += ["--per-device-batch-size", "8", "--max-steps", "400", "--logging-every", "1", "--output-dir", str(out)]
     process = start("pretrain", *args)
-    wait_for(lambda: logged_updates(out) >= 2)
+    wait_for(lambda: logged_updates(out) >= 2, process)
     process.send_signal(number)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 1
@@ -206,7 +212,7 @@ def test_finetuning_stops_on_sigterm_with_a_checkpoint(digits_folder, pretrained
     out = tmp_path / "run"
     args = ["--model", str(pretrained_folder), "--dataset", str(digits_folder), "--max-steps", "400"]
     process = start("finetune", *args, "--save-every", "1", "--total-batch-size", "16", "--output-dir", str(out))
-    wait_for(lambda: (out / "checkpoint-1").exists())
+    wait_for(lambda: bool(checkpoints(out)), process)  # the first ones are rotated out as the run goes on
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 1
