@@ -20,7 +20,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -699,6 +699,13 @@ def write_json(report: dict[str, Any], path: str) -> None:
         handle.write("\n")
 
 
+def settings_from(settings_class: type, args: Any, **overrides: Any) -> Any:
+    """A suite's settings dataclass from its parsed flags: every field with a flag of the same name, then
+    `overrides` for the fields whose flags need converting."""
+    values = {field.name: getattr(args, field.name) for field in fields(settings_class) if hasattr(args, field.name)}
+    return settings_class(**{**values, **overrides})
+
+
 def report_suite(
     run: Callable[..., dict[str, Any]],
     settings: Any,
@@ -732,6 +739,7 @@ __all__ = [
     "forward_flops",
     "measure_peak_flops",
     "report_suite",
+    "settings_from",
     "run_benchmark",
     "write_json",
 ]

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.benchmarking import cpu_model, report_suite
+from benchmarks.benchmarking import cpu_model, report_suite, settings_from
 from hf_vit.training.runtime import available_cores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,11 +160,5 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, metavar="PATH", help="Also write the full report here.")
     parser.add_argument("--smoke", action="store_true", help="Two updates per run, one repeat: checks it runs.")
     args = parser.parse_args(argv)
-    settings = ContentionSettings(
-        steps=args.steps,
-        repeats=args.repeats,
-        busy_processes=args.busy_processes,
-        load_seconds=args.load_seconds,
-        smoke=args.smoke,
-    )
+    settings = settings_from(ContentionSettings, args)
     return report_suite(run_contention, settings, format_markdown, args.json)

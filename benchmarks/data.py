@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.benchmarking import cpu_model, report_suite
+from benchmarks.benchmarking import cpu_model, report_suite, settings_from
 from hf_vit.training.transforms import RandomResizedCrop
 
 OURS = "hf_vit"
@@ -337,14 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, metavar="PATH", help="Also write the full report here.")
     parser.add_argument("--smoke", action="store_true", help="A 4-image corpus, one batch of 2: checks it runs.")
     args = parser.parse_args(argv)
-    settings = DataSettings(
-        image_size=args.image_size,
+    settings = settings_from(
+        DataSettings,
+        args,
         crop_scale=(args.crop_scale, 1.0),
-        corpus_size=args.corpus_size,
-        batch_size=args.batch_size,
-        batches=args.batches,
-        repeats=args.repeats,
         pipelines=tuple(name.strip() for name in args.pipelines.split(",") if name.strip()),
-        smoke=args.smoke,
     )
     return report_suite(run_data_benchmark, settings, format_markdown, args.json)

@@ -35,6 +35,7 @@ from benchmarks.benchmarking import (
     environment,
     report_suite,
     run_benchmark,
+    settings_from,
     synchronize,
 )
 from hf_vit.models.configuration import to_pair
@@ -278,13 +279,5 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", default="gpu_suite.md", metavar="PATH", help="The tables (markdown).")
     parser.add_argument("--smoke", action="store_true", help="Every section on the CPU, tiny models, one step.")
     args = parser.parse_args(argv)
-    settings = GpuSettings(
-        device=args.device,
-        batch_size=args.batch_size,
-        warmup=args.warmup,
-        iters=args.iters,
-        repeats=args.repeats,
-        budget_s=args.budget_s,
-        smoke=args.smoke,
-    )
+    settings = settings_from(GpuSettings, args)
     return report_suite(run_gpu_suite, settings, format_markdown, args.json, args.markdown)

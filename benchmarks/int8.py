@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.benchmarking import cpu_model, report_suite
+from benchmarks.benchmarking import cpu_model, report_suite, settings_from
 
 VARIANTS = ("fp32", "int8")
 
@@ -167,13 +167,5 @@ def main(argv: list[str] | None = None) -> int:
         "--smoke", action="store_true", help="Batch 4, one pass: checks it runs (an untrained tiny model by default)."
     )
     args = parser.parse_args(argv)
-    settings = Int8Settings(
-        model=args.model or (None if args.smoke else "outputs/pretrain"),
-        batch_size=args.batch_size,
-        warmup=args.warmup,
-        iters=args.iters,
-        repeats=args.repeats,
-        threads=args.threads,
-        smoke=args.smoke,
-    )
+    settings = settings_from(Int8Settings, args, model=args.model or (None if args.smoke else "outputs/pretrain"))
     return report_suite(run_int8, settings, format_markdown, args.json)

@@ -5,8 +5,7 @@ imported when first used (so the scripts answer --help without loading torch). T
 preset (anything from `hf_vit.models`) registers hf_vit with the transformers Auto classes.
 """
 
-import importlib
-from typing import Any
+from .lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -43,18 +42,5 @@ _EXPORTS = {
     "training.evaluation": ["evaluate_classifier"],
     "training.fewshot": ["run_fewshot"],
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'hf_vit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__all__ = sorted([*(name for names in _EXPORTS.values() for name in names)])
+__getattr__, __dir__ = lazy_names(__name__, globals(), _EXPORTS)

@@ -100,26 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from benchmarks.benchmarking import Settings, format_markdown, report_suite, run_benchmark
+    from benchmarks.benchmarking import Settings, format_markdown, report_suite, run_benchmark, settings_from
 
     presets = [name.strip() for item in args.model or ["ViT-B/16"] for name in item.split(",") if name.strip()]
-    settings = Settings(
+    settings = settings_from(
+        Settings,
+        args,
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        compile=args.compile,
-        attn_implementation=args.attn_implementation,
-        channels_last=args.channels_last,
         modes=MODES if args.mode == "both" else (args.mode,),
-        warmup=args.warmup,
-        iters=args.iters,
-        repeats=args.repeats,
         implementations=tuple(name.strip() for name in args.implementations.split(",") if name.strip()),
-        cpu_memory=args.cpu_memory,
-        smoke=args.smoke,
-        threads=args.threads,
-        peak_matmul_size=args.peak_matmul_size,
-        profile_dir=args.profile_dir,
     )
     return report_suite(partial(run_benchmark, presets), settings, format_markdown, args.json)
 

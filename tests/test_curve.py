@@ -5,24 +5,21 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import load_script
+from conftest import TINY_RUN, load_script
 from PIL import Image
 
 from hf_vit.tools.plotting import read_training_log, save_training_curve
 
-TINY_RUN = [
-    *("--model", "ViT-Ti/16", "--image-size", "16", "--per-device-batch-size", "8"),
-    *(
-        "--config-overrides",
-        "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,intermediate_size=64,patch_size=8",
-    ),
-    *("--max-steps", "12", "--logging-every", "2", "--eval-every", "4", "--save-every", "12"),
+RUN = [
+    *TINY_RUN,
+    *("--per-device-batch-size", "8", "--max-steps", "12", "--logging-every", "2", "--eval-every", "4"),
+    *("--save-every", "12"),
 ]
 
 
 def test_plot_log_draws_a_real_run(digits_folder, tmp_path, capsys):
     run = tmp_path / "run"
-    assert load_script("pretrain").main([*TINY_RUN, "--dataset", str(digits_folder), "--output-dir", str(run)]) == 0
+    assert load_script("pretrain").main([*RUN, "--dataset", str(digits_folder), "--output-dir", str(run)]) == 0
     train, evaluation = read_training_log(run / "log.jsonl")
     assert list(train) == [2, 4, 6, 8, 10, 12] and list(evaluation) == [4, 8, 12]
     capsys.readouterr()

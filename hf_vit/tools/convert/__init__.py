@@ -10,8 +10,7 @@ folder atomically; `preprocessing` builds the folder's image processor.
 Names load lazily, as in `hf_vit`: importing the package (for `SOURCES`, say) imports neither torch nor transformers.
 """
 
-import importlib
-from typing import Any
+from ...lazy import lazy_names
 
 SOURCES = ("jax", "timm", "transformers")
 # Whose preprocessing a converted folder gets: its source's, or hf_vit's (the paper's resize and [-1, 1] scaling).
@@ -25,18 +24,5 @@ _EXPORTS = {
     "transformers": ["convert_transformers_folder", "load_transformers"],
     "preprocessing": ["Preprocessing"],
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(["PREPROCESSING", "SOURCES", *_MODULE_OF])
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__all__ = sorted(["PREPROCESSING", "SOURCES", *(name for names in _EXPORTS.values() for name in names)])
+__getattr__, __dir__ = lazy_names(__name__, globals(), _EXPORTS)
