@@ -182,6 +182,10 @@ def test_evaluation_refuses_an_exported_encoder(exported, digits_folder, capsys)
     )
     assert evaluate(["--onnx", str(folder / "model.pt2"), "--dataset", str(digits_folder)]) == 1
     assert "--onnx takes an .onnx file written by scripts/export.py" in capsys.readouterr().err
+    assert evaluate(["--onnx", str(folder / "model.onnx"), "--int8", "--dataset", str(digits_folder)]) == 1
+    assert "--int8 quantises a PyTorch model's weights; --onnx runs an exported graph as it is." in (
+        capsys.readouterr().err
+    )
 
 
 def test_the_script_offers_what_the_module_exports():
