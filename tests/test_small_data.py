@@ -113,7 +113,7 @@ def test_the_small_data_recipe():
     pre, fine = PretrainingArguments(recipe="small-data"), FinetuningArguments(recipe="small-data")
     assert (pre.representation_layer, pre.randaugment, pre.mixup, pre.cutmix) == (False, "2,9", 0.2, 1.0)
     assert (pre.label_smoothing, pre.drop_path_rate, pre.ema_decay, pre.weight_decay) == (0.1, 0.1, 0.998, 0.05)
-    assert (fine.layer_decay, fine.label_smoothing, fine.ema_decay) == (0.75, 0.1, 0.998)
+    assert (fine.layer_decay, fine.label_smoothing, fine.ema_decay, fine.learning_rate) == (0.75, 0.1, 0.998, 0.1)
     flags = PretrainingArguments(recipe="paper", cutmix=1.0, ema_decay=0.99)  # each part on its own
     assert (flags.cutmix, flags.ema_decay, flags.mixup, flags.label_smoothing) == (1.0, 0.99, 0.0, 0.0)
 
