@@ -702,7 +702,7 @@ def write_json(report: dict[str, Any], path: str) -> None:
 def settings_from(settings_class: type, args: Any, **overrides: Any) -> Any:
     """A suite's settings dataclass from its parsed flags: every field with a flag of the same name, then
     `overrides` for the fields whose flags need converting."""
-    values = {field.name: getattr(args, field.name) for field in fields(settings_class) if hasattr(args, field.name)}
+    values = {item.name: getattr(args, item.name) for item in fields(settings_class) if hasattr(args, item.name)}
     return settings_class(**{**values, **overrides})
 
 

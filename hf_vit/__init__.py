@@ -42,5 +42,5 @@ _EXPORTS = {
     "training.evaluation": ["evaluate_classifier"],
     "training.fewshot": ["run_fewshot"],
 }
-__all__ = sorted([*(name for names in _EXPORTS.values() for name in names)])
-__getattr__, __dir__ = lazy_names(__name__, globals(), _EXPORTS)
+__getattr__, __dir__, _names = lazy_names(__name__, globals(), _EXPORTS)
+__all__ = sorted(_names)

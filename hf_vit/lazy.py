@@ -8,9 +8,10 @@ from typing import Any
 
 def lazy_names(
     package: str, namespace: dict[str, Any], exports: dict[str, list[str]]
-) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
     """The module-level `__getattr__` and `__dir__` of `package` (whose globals are `namespace`) for `exports`
-    (submodule -> names); a name, once imported, is kept in the namespace."""
+    (submodule -> names), and the exported names for its `__all__`; a name, once imported, is kept in the
+    namespace."""
     module_of = {name: module for module, names in exports.items() for name in names}
 
     def __getattr__(name: str) -> Any:
@@ -23,4 +24,4 @@ def lazy_names(
     def __dir__() -> list[str]:
         return sorted({*namespace, *module_of})
 
-    return __getattr__, __dir__
+    return __getattr__, __dir__, list(module_of)

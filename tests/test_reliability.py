@@ -162,8 +162,8 @@ def wait_for(condition, process: subprocess.Popen, timeout: float = 300) -> None
     deadline = time.monotonic() + timeout
     while not condition():
         if process.poll() is not None:
-            pytest.fail(f"the run ended (exit {process.returncode}) before the moment to signal:\n"
-                        f"{process.stderr.read()[-2000:]}")  # fmt: skip
+            ended = f"the run ended (exit {process.returncode}) before the moment to signal"
+            pytest.fail(f"{ended}:\n{process.stderr.read()[-2000:]}")
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
 

@@ -24,5 +24,5 @@ _EXPORTS = {
     "transformers": ["convert_transformers_folder", "load_transformers"],
     "preprocessing": ["Preprocessing"],
 }
-__all__ = sorted(["PREPROCESSING", "SOURCES", *(name for names in _EXPORTS.values() for name in names)])
-__getattr__, __dir__ = lazy_names(__name__, globals(), _EXPORTS)
+__getattr__, __dir__, _names = lazy_names(__name__, globals(), _EXPORTS)
+__all__ = sorted(["PREPROCESSING", "SOURCES", *_names])
